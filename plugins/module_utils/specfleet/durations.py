@@ -1,0 +1,50 @@
+# Copyright: specfleet contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Durations as users write them (``90s``, ``5m``, ``1h30m``, ``2d``) parsed once, into seconds."""
+from __future__ import annotations
+
+import re
+
+_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+_DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+MAX_DURATION = 7 * 86400
+
+
+def parse_duration(value: object) -> int:
+    """Return whole seconds for ``value``; raise ``ValueError`` with what would be right.
+
+    A bare integer means seconds. Zero, negative and anything above seven days are
+    refused: a spec is meant to be minutes of agent work, and a week-long timeout is
+    always a typo that would pin a slot.
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a duration; write e.g. 90s, 5m, 1h30m")
+    if isinstance(value, int):
+        seconds = value
+    elif isinstance(value, str):
+        text = value.strip().lower().replace(" ", "")
+        match = _DURATION.match(text)
+        if not text or not match or not any(match.groups()):
+            if text.isdigit():
+                seconds = int(text)
+            else:
+                raise ValueError(f"{value!r} is not a duration; write e.g. 90s, 5m, 1h30m")
+        else:
+            seconds = sum(int(n) * _UNITS[u] for n, u in zip(match.groups(), "dhms", strict=True) if n)
+    else:
+        raise ValueError(f"{value!r} is not a duration; write e.g. 90s, 5m, 1h30m")
+    if seconds <= 0:
+        raise ValueError(f"{value!r} must be longer than zero")
+    if seconds > MAX_DURATION:
+        raise ValueError(f"{value!r} is longer than the 7 day maximum")
+    return seconds
+
+
+def format_duration(seconds: int) -> str:
+    """Inverse of :func:`parse_duration` for messages: ``5400`` -> ``1h30m``."""
+    parts = []
+    for unit, size in _UNITS.items():
+        count, seconds = divmod(seconds, size)
+        if count:
+            parts.append(f"{count}{unit}")
+    return "".join(parts) or "0s"

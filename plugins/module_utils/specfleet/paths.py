@@ -1,0 +1,147 @@
+# Copyright: specfleet contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Repository-relative paths in ``modifies``: normalised once, checked for hostility, compared.
+
+A ``modifies`` entry is one of three kinds:
+
+* a file, ``backend/app.py``;
+* a directory, written with a trailing slash, ``backend/schemas/`` (everything below it);
+* a glob, ``tests/**/test_*.py`` (``*`` and ``?`` stay inside one path segment, ``**``
+  crosses segments, ``[...]`` is a character class).
+
+Overlap between two entries is decided conservatively: when it cannot be ruled out
+cheaply (two globs with compatible literal prefixes) the entries are taken to overlap.
+A false overlap only serialises two specs; a missed one lets two agents edit the same
+file, which is the failure the locks exist to prevent.
+"""
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+GLOB_CHARS = frozenset("*?[")
+# Characters a shell, git or YAML-to-shell templating would interpret. Paths reach
+# node-side commands, so they are refused outright instead of being quoted everywhere.
+SHELL_METACHARACTERS = frozenset("`$;&|<>\\\"'")
+
+
+def _is_control(char: str) -> bool:
+    return ord(char) < 32 or ord(char) == 127
+
+
+def normalise_modifies(raw: object) -> str:
+    """Return the canonical form of one ``modifies`` entry or raise ``ValueError``.
+
+    ``./a.py`` and ``a.py`` are the same entry; ``a//b/`` becomes ``a/b/``. Absolute
+    paths, ``~``, ``..`` segments, ``.git`` and option-looking names are refused because
+    each of them lets an agent's lock claim something outside its worktree.
+    """
+    if not isinstance(raw, str) or not raw.strip():
+        raise ValueError("must be a non-empty string path relative to the repository root")
+    bad = sorted({c for c in raw if _is_control(c)})
+    if bad:
+        names = ", ".join(repr(c) for c in bad)
+        raise ValueError(f"contains control characters ({names}); write a plain path")
+    meta = sorted(set(raw) & SHELL_METACHARACTERS)
+    if meta:
+        raise ValueError(f"contains shell metacharacters {''.join(meta)!r}; rename or drop them")
+    if raw != raw.strip():
+        raise ValueError("has leading or trailing whitespace")
+    if raw.startswith("/"):
+        raise ValueError("is absolute; write it relative to the repository root")
+    if raw.startswith("~"):
+        raise ValueError("starts with '~'; write it relative to the repository root")
+    is_dir = raw.endswith("/")
+    segments = []
+    for segment in raw.split("/"):
+        if segment in ("", "."):
+            continue
+        if segment == "..":
+            raise ValueError("contains '..' and would escape the repository")
+        if segment == ".git":
+            raise ValueError("points into .git; specs change tracked files only")
+        if segment.startswith("-"):
+            raise ValueError(f"segment {segment!r} starts with '-' and would read as an option")
+        segments.append(segment)
+    if not segments:
+        raise ValueError("names the whole repository; list the files or directories the spec changes")
+    path = "/".join(segments)
+    return path + "/" if is_dir else path
+
+
+def is_glob(path: str) -> bool:
+    return any(c in GLOB_CHARS for c in path)
+
+
+def literal_prefix(path: str) -> str:
+    """The part of ``path`` before its first glob character."""
+    for index, char in enumerate(path):
+        if char in GLOB_CHARS:
+            return path[:index]
+    return path
+
+
+@lru_cache(maxsize=4096)
+def glob_regex(pattern: str) -> re.Pattern[str]:
+    """Compile a ``modifies`` glob; a trailing ``/`` matches everything below the directory."""
+    out = []
+    index = 0
+    while index < len(pattern):
+        char = pattern[index]
+        if pattern.startswith("**/", index):
+            out.append("(?:.*/)?")
+            index += 3
+            continue
+        if pattern.startswith("**", index):
+            out.append(".*")
+            index += 2
+            continue
+        if char == "*":
+            out.append("[^/]*")
+        elif char == "?":
+            out.append("[^/]")
+        elif char == "[":
+            end = pattern.find("]", index + 1)
+            if end == -1:
+                out.append(re.escape(char))
+            else:
+                body = pattern[index + 1:end]
+                if body.startswith("!"):
+                    body = "^" + body[1:]
+                out.append("[" + body.replace("\\", "\\\\") + "]")
+                index = end
+        else:
+            out.append(re.escape(char))
+        index += 1
+    if pattern.endswith("/"):
+        out.append(".*")
+    return re.compile("".join(out) + r"\Z")
+
+
+def covers(pattern: str, path: str) -> bool:
+    """Whether the ``modifies`` entry ``pattern`` claims the concrete file ``path``."""
+    if pattern.endswith("/") and not is_glob(pattern):
+        return path.startswith(pattern)
+    if is_glob(pattern):
+        return bool(glob_regex(pattern).match(path))
+    return pattern == path
+
+
+def paths_overlap(first: str, second: str) -> bool:
+    """Whether two normalised ``modifies`` entries may claim a common file (see module doc)."""
+    if first == second:
+        return True
+    first_concrete = not first.endswith("/") and not is_glob(first)
+    second_concrete = not second.endswith("/") and not is_glob(second)
+    if first_concrete:
+        return covers(second, first)
+    if second_concrete:
+        return covers(first, second)
+    # Two directories and/or globs: compare what they are rooted at.
+    a, b = literal_prefix(first), literal_prefix(second)
+    return a.startswith(b) or b.startswith(a)
+
+
+def sets_overlap(first: list[str] | tuple[str, ...], second: list[str] | tuple[str, ...]) -> list[tuple[str, str]]:
+    """Every overlapping pair between two ``modifies`` lists, for messages."""
+    return [(a, b) for a in first for b in second if paths_overlap(a, b)]

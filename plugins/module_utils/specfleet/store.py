@@ -1,0 +1,498 @@
+# Copyright: specfleet contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The state store: one SQLite database (WAL) shared by every dispatch run on a controller.
+
+Rules every writer follows:
+
+* Times are UTC epoch seconds (``REAL``), from :func:`now`.
+* A spec's state changes only through :meth:`Store.transition`, which checks
+  :data:`~.states.TRANSITIONS` and does a compare-and-set on ``(state, version)`` inside
+  ``BEGIN IMMEDIATE``, so of two processes racing for the same change exactly one wins.
+* Every change writes an event in the same transaction. Events are append-only
+  (triggers refuse UPDATE and DELETE).
+* The schema is versioned with ``PRAGMA user_version``; :data:`MIGRATIONS` upgrade it in
+  one exclusive transaction, and a database newer than this code is refused.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .states import SpecState, check_transition
+
+
+def now() -> float:
+    return time.time()
+
+
+MIGRATIONS: list[tuple[int, str, str]] = [
+    (1, "specs, revisions, attempts, runs and events", """
+CREATE TABLE projects (
+    name TEXT PRIMARY KEY,
+    folder TEXT NOT NULL,
+    repository TEXT NOT NULL,
+    base_branch TEXT NOT NULL,
+    config_json TEXT NOT NULL,
+    config_hash TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE specs (
+    project TEXT NOT NULL REFERENCES projects(name),
+    task_id TEXT NOT NULL,
+    state TEXT NOT NULL,
+    version INTEGER NOT NULL DEFAULT 1,
+    revision INTEGER NOT NULL,
+    content_hash TEXT NOT NULL,
+    path TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    estimate_s INTEGER NOT NULL,
+    timeout_s INTEGER NOT NULL,
+    retries INTEGER NOT NULL,
+    executor TEXT,
+    verify TEXT,
+    depends_on_json TEXT NOT NULL,
+    modifies_json TEXT NOT NULL,
+    attempts_used INTEGER NOT NULL DEFAULT 0,
+    reason TEXT,
+    file_present INTEGER NOT NULL DEFAULT 1,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (project, task_id)
+);
+CREATE INDEX specs_by_state ON specs(project, state);
+CREATE TABLE spec_revisions (
+    project TEXT NOT NULL,
+    task_id TEXT NOT NULL,
+    revision INTEGER NOT NULL,
+    content_hash TEXT NOT NULL,
+    path TEXT NOT NULL,
+    front_matter_json TEXT NOT NULL,
+    body TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (project, task_id, revision),
+    FOREIGN KEY (project, task_id) REFERENCES specs(project, task_id)
+);
+CREATE TABLE runs (
+    id TEXT PRIMARY KEY,
+    project TEXT,
+    kind TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    heartbeat_at REAL NOT NULL,
+    ended_at REAL,
+    status TEXT NOT NULL DEFAULT 'running'
+);
+CREATE TABLE attempts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    project TEXT NOT NULL,
+    task_id TEXT NOT NULL,
+    number INTEGER NOT NULL,
+    revision INTEGER NOT NULL,
+    run_id TEXT REFERENCES runs(id),
+    node TEXT,
+    kind TEXT NOT NULL DEFAULT 'spec',
+    started_at REAL NOT NULL,
+    ended_at REAL,
+    outcome TEXT,
+    reason TEXT,
+    UNIQUE (project, task_id, number),
+    FOREIGN KEY (project, task_id) REFERENCES specs(project, task_id)
+);
+CREATE TABLE events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts REAL NOT NULL,
+    project TEXT,
+    task_id TEXT,
+    run_id TEXT,
+    kind TEXT NOT NULL,
+    from_state TEXT,
+    to_state TEXT,
+    detail_json TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX events_by_spec ON events(project, task_id, id);
+CREATE TRIGGER events_no_update BEFORE UPDATE ON events
+    BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;
+CREATE TRIGGER events_no_delete BEFORE DELETE ON events
+    BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;
+"""),
+    (2, "fleet-wide nodes, slot leases and path locks", """
+CREATE TABLE nodes (
+    name TEXT PRIMARY KEY,
+    slots INTEGER NOT NULL CHECK (slots >= 0),
+    enabled INTEGER NOT NULL DEFAULT 1,
+    health TEXT NOT NULL DEFAULT 'unknown',
+    health_reason TEXT,
+    last_seen_at REAL,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE slot_leases (
+    node TEXT NOT NULL REFERENCES nodes(name),
+    slot INTEGER NOT NULL CHECK (slot >= 0),
+    project TEXT NOT NULL,
+    task_id TEXT NOT NULL,
+    run_id TEXT NOT NULL REFERENCES runs(id),
+    attempt_id INTEGER REFERENCES attempts(id),
+    acquired_at REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    PRIMARY KEY (node, slot),
+    UNIQUE (project, task_id)
+);
+CREATE TABLE path_locks (
+    project TEXT NOT NULL,
+    path TEXT NOT NULL,
+    task_id TEXT NOT NULL,
+    run_id TEXT NOT NULL REFERENCES runs(id),
+    acquired_at REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    PRIMARY KEY (project, path, task_id)
+);
+CREATE INDEX path_locks_by_task ON path_locks(project, task_id);
+"""),
+]
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+
+class StoreError(Exception):
+    pass
+
+
+class StaleState(StoreError):
+    """A compare-and-set lost: the spec is no longer in the state (or version) the caller saw."""
+
+
+@dataclass
+class SpecRow:
+    project: str
+    task_id: str
+    state: SpecState
+    version: int
+    revision: int
+    content_hash: str
+    path: str
+    priority: int
+    estimate_s: int
+    timeout_s: int
+    retries: int
+    executor: str | None
+    verify: str | None
+    depends_on: list[str]
+    modifies: list[str]
+    attempts_used: int
+    reason: str | None
+    file_present: bool
+    created_at: float
+    updated_at: float
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> SpecRow:
+        data = dict(row)
+        data["state"] = SpecState(data["state"])
+        data["depends_on"] = json.loads(data.pop("depends_on_json"))
+        data["modifies"] = json.loads(data.pop("modifies_json"))
+        data["file_present"] = bool(data["file_present"])
+        return cls(**data)
+
+
+@dataclass
+class FeedResult:
+    project: str
+    added: list[str] = field(default_factory=list)
+    revised: list[str] = field(default_factory=list)
+    requeued: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    restored: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    project_changed: bool = False
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.project_changed or self.added or self.revised or self.removed or self.restored)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"project": self.project, "changed": self.changed, "added": self.added, "revised": self.revised,
+                "requeued": self.requeued, "removed": self.removed, "restored": self.restored,
+                "unchanged": self.unchanged, "project_changed": self.project_changed}
+
+
+class Store:
+    """A connection to the state database; cheap to open, one per process or thread."""
+
+    def __init__(self, path: str | Path, migrations: Sequence[tuple[int, str, str]] = MIGRATIONS,
+                 busy_timeout_ms: int = 30000):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.migrations = list(migrations)
+        self.db = sqlite3.connect(str(self.path), isolation_level=None, timeout=busy_timeout_ms / 1000)
+        self.db.row_factory = sqlite3.Row
+        self.db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        self.db.execute("PRAGMA journal_mode = WAL")
+        self.db.execute("PRAGMA synchronous = NORMAL")
+        self.db.execute("PRAGMA foreign_keys = ON")
+        try:
+            os.chmod(self.path, 0o600)
+        except OSError:
+            pass
+        self.migrate()
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self, mode: str = "IMMEDIATE") -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` takes the write lock up front, so read-check-write is atomic."""
+        self.db.execute(f"BEGIN {mode}")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    # -- schema -----------------------------------------------------------------------------
+
+    @property
+    def schema_version(self) -> int:
+        return self.db.execute("PRAGMA user_version").fetchone()[0]
+
+    def migrate(self) -> int:
+        """Bring the schema to the newest version this code knows; return the version."""
+        latest = self.migrations[-1][0] if self.migrations else 0
+        if self.schema_version == latest:
+            return latest
+        with self.transaction("EXCLUSIVE") as db:
+            current = db.execute("PRAGMA user_version").fetchone()[0]
+            if current > latest:
+                raise StoreError(f"{self.path} has schema version {current}, newer than this specfleet "
+                                 f"understands ({latest}); upgrade specfleet")
+            for version, description, script in self.migrations:
+                if version <= current:
+                    continue
+                for statement in _statements(script):
+                    db.execute(statement)
+                db.execute(f"PRAGMA user_version = {int(version)}")
+                _event(db, "schema_migrated", detail={"version": version, "description": description})
+        return latest
+
+    # -- events -----------------------------------------------------------------------------
+
+    def events(self, project: str | None = None, task_id: str | None = None, since_id: int = 0) -> list[dict]:
+        query = "SELECT * FROM events WHERE id > ?"
+        args: list[Any] = [since_id]
+        if project is not None:
+            query += " AND project = ?"
+            args.append(project)
+        if task_id is not None:
+            query += " AND task_id = ?"
+            args.append(task_id)
+        rows = self.db.execute(query + " ORDER BY id", args).fetchall()
+        return [dict(r, detail=json.loads(r["detail_json"])) for r in rows]
+
+    # -- specs ------------------------------------------------------------------------------
+
+    def spec(self, project: str, task_id: str) -> SpecRow | None:
+        row = self.db.execute("SELECT * FROM specs WHERE project = ? AND task_id = ?", (project, task_id)).fetchone()
+        return SpecRow.from_row(row) if row else None
+
+    def specs(self, project: str, states: Sequence[SpecState | str] | None = None) -> list[SpecRow]:
+        query, args = "SELECT * FROM specs WHERE project = ?", [project]
+        if states:
+            query += f" AND state IN ({','.join('?' * len(states))})"
+            args += [str(s) for s in states]
+        return [SpecRow.from_row(r) for r in self.db.execute(query + " ORDER BY task_id", args)]
+
+    def transition(self, project: str, task_id: str, target: SpecState | str, *, reason: str | None = None,
+                   expect_state: SpecState | str | None = None, expect_version: int | None = None,
+                   run_id: str | None = None, detail: dict | None = None) -> SpecRow:
+        """Move a spec to ``target`` if the table allows it and nobody changed it meanwhile.
+
+        ``expect_state``/``expect_version`` are what the caller based its decision on;
+        when the row differs, :class:`StaleState` is raised and nothing is written.
+        """
+        target = SpecState(target)
+        with self.transaction() as db:
+            return self._transition(db, project, task_id, target, reason=reason, expect_state=expect_state,
+                                    expect_version=expect_version, run_id=run_id, detail=detail)
+
+    def _transition(self, db: sqlite3.Connection, project: str, task_id: str, target: SpecState, *,
+                    reason: str | None, expect_state: SpecState | str | None = None,
+                    expect_version: int | None = None, run_id: str | None = None,
+                    detail: dict | None = None, extra_sets: dict[str, Any] | None = None) -> SpecRow:
+        row = db.execute("SELECT state, version FROM specs WHERE project = ? AND task_id = ?",
+                         (project, task_id)).fetchone()
+        if row is None:
+            raise StoreError(f"no spec {task_id!r} in project {project!r}")
+        current = SpecState(row["state"])
+        if expect_state is not None and current != SpecState(expect_state):
+            raise StaleState(f"{project}/{task_id} is {current}, not {SpecState(expect_state)}")
+        if expect_version is not None and row["version"] != expect_version:
+            raise StaleState(f"{project}/{task_id} changed (version {row['version']}, expected {expect_version})")
+        check_transition(current, target, reason)
+        sets = {"state": target.value, "reason": reason, "updated_at": now(), **(extra_sets or {})}
+        assignments = ", ".join(f"{k} = ?" for k in sets)
+        cursor = db.execute(
+            f"UPDATE specs SET {assignments}, version = version + 1 "
+            "WHERE project = ? AND task_id = ? AND state = ? AND version = ?",
+            [*sets.values(), project, task_id, current.value, row["version"]])
+        if cursor.rowcount != 1:
+            raise StaleState(f"{project}/{task_id} changed while it was being moved to {target}")
+        _event(db, "state", project, task_id, run_id, current.value, target.value,
+               dict(detail or {}, **({"reason": reason} if reason else {})))
+        new = db.execute("SELECT * FROM specs WHERE project = ? AND task_id = ?", (project, task_id)).fetchone()
+        return SpecRow.from_row(new)
+
+    # -- feeding ----------------------------------------------------------------------------
+
+    def feed(self, report: Any, dry_run: bool = False) -> FeedResult:
+        """Upsert a validated project (a :class:`~.validation.ValidationReport` with ``ok``).
+
+        Idempotent: feeding the same files again writes nothing. The revision policy for a
+        spec whose file changed (``content_hash`` differs):
+
+        * ``queued``: the new revision replaces the old one before anything ran.
+        * ``running``: the attempt finishes on the revision it started with; the spec's
+          ``revision`` moves on, so the dispatcher re-queues it when that attempt ends.
+        * ``completed``, ``verified``, ``in_review``, ``conflict``: the result was built from
+          an outdated spec: back to ``queued`` with attempts reset; its branch is kept.
+        * ``failed``, ``blocked``, ``cancelled``: the revision is recorded and the state kept;
+          ``rescue`` re-queues on the newest revision (a person decides, not an edit).
+        * ``merged``: recorded only; a merged spec is never re-run, write a new spec.
+
+        A spec whose file disappeared is cancelled if it is ``queued`` or ``blocked``;
+        otherwise only flagged, because work already exists for it.
+        """
+        if not report.ok:
+            raise StoreError(f"project {report.project} is invalid; nothing was fed\n{report.summary()}")
+        config = report.config
+        result = FeedResult(report.project)
+        stamp = now()
+        with self.transaction() as db:
+            project_row = db.execute("SELECT config_hash FROM projects WHERE name = ?", (config.name,)).fetchone()
+            if project_row is None or project_row["config_hash"] != config.config_hash:
+                result.project_changed = True
+                db.execute(
+                    "INSERT INTO projects (name, folder, repository, base_branch, config_json, config_hash, created_at,"
+                    " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET folder = excluded.folder,"
+                    " repository = excluded.repository, base_branch = excluded.base_branch,"
+                    " config_json = excluded.config_json, config_hash = excluded.config_hash,"
+                    " updated_at = excluded.updated_at",
+                    (config.name, str(config.folder), config.repository, config.base_branch,
+                     json.dumps(config.raw, sort_keys=True, default=str), config.config_hash, stamp, stamp))
+                _event(db, "project_configured", config.name, detail={"config_hash": config.config_hash})
+            existing = {r["task_id"]: r for r in db.execute("SELECT * FROM specs WHERE project = ?", (config.name,))}
+            for task_id, spec in sorted(report.specs.items()):
+                row = existing.get(task_id)
+                if row is None:
+                    _insert_spec(db, spec, stamp)
+                    result.added.append(task_id)
+                elif row["content_hash"] != spec.content_hash:
+                    self._revise(db, row, spec, stamp, result)
+                elif not row["file_present"]:
+                    db.execute("UPDATE specs SET file_present = 1, path = ?, updated_at = ? WHERE project = ? AND"
+                               " task_id = ?", (spec.path, stamp, config.name, task_id))
+                    _event(db, "spec_file_restored", config.name, task_id)
+                    result.restored.append(task_id)
+                else:
+                    result.unchanged.append(task_id)
+            for task_id, row in sorted(existing.items()):
+                if task_id in report.specs or not row["file_present"]:
+                    continue
+                result.removed.append(task_id)
+                db.execute("UPDATE specs SET file_present = 0, updated_at = ? WHERE project = ? AND task_id = ?",
+                           (stamp, config.name, task_id))
+                _event(db, "spec_file_removed", config.name, task_id, detail={"path": row["path"]})
+                if row["state"] in (SpecState.QUEUED.value, SpecState.BLOCKED.value):
+                    self._transition(db, config.name, task_id, SpecState.CANCELLED,
+                                     reason=f"spec file {row['path']} was removed")
+            if dry_run:
+                raise _DryRun(result)
+        return result
+
+    def _revise(self, db: sqlite3.Connection, row: sqlite3.Row, spec: Any, stamp: float, result: FeedResult) -> None:
+        project, task_id = row["project"], row["task_id"]
+        revision = row["revision"] + 1
+        _insert_revision(db, spec, revision, stamp)
+        db.execute(
+            "UPDATE specs SET revision = ?, content_hash = ?, path = ?, priority = ?, estimate_s = ?, timeout_s = ?,"
+            " retries = ?, executor = ?, verify = ?, depends_on_json = ?, modifies_json = ?, file_present = 1,"
+            " updated_at = ?, version = version + 1 WHERE project = ? AND task_id = ?",
+            (revision, spec.content_hash, spec.path, spec.priority, spec.estimate, spec.timeout, spec.retries,
+             spec.executor, spec.verify, json.dumps(list(spec.depends_on)), json.dumps(list(spec.modifies)),
+             stamp, project, task_id))
+        state = SpecState(row["state"])
+        _event(db, "spec_revised", project, task_id, detail={"revision": revision, "state": state.value})
+        result.revised.append(task_id)
+        if state in (SpecState.COMPLETED, SpecState.VERIFIED, SpecState.IN_REVIEW, SpecState.CONFLICT):
+            self._transition(db, project, task_id, SpecState.QUEUED,
+                             reason=f"spec revised to r{revision}; the result of r{row['revision']} is outdated",
+                             extra_sets={"attempts_used": 0})
+            result.requeued.append(task_id)
+
+    def feed_preview(self, report: Any) -> FeedResult:
+        """What :meth:`feed` would do, without writing (check mode)."""
+        try:
+            self.feed(report, dry_run=True)
+        except _DryRun as dry:
+            return dry.result
+        raise AssertionError("dry run did not roll back")  # pragma: no cover
+
+
+class _DryRun(Exception):
+    def __init__(self, result: FeedResult):
+        super().__init__("dry run")
+        self.result = result
+
+
+def _statements(script: str) -> list[str]:
+    """Split a migration into statements (``CREATE TRIGGER ... END;`` kept whole)."""
+    statements, buffer = [], ""
+    for line in script.strip().splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            statements.append(buffer.strip())
+            buffer = ""
+    if buffer.strip():
+        raise StoreError(f"incomplete SQL in migration: {buffer.strip()[:60]}")
+    return statements
+
+
+def _event(db: sqlite3.Connection, kind: str, project: str | None = None, task_id: str | None = None,
+           run_id: str | None = None, from_state: str | None = None, to_state: str | None = None,
+           detail: dict | None = None) -> None:
+    db.execute("INSERT INTO events (ts, project, task_id, run_id, kind, from_state, to_state, detail_json)"
+               " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+               (now(), project, task_id, run_id, kind, from_state, to_state,
+                json.dumps(detail or {}, sort_keys=True, ensure_ascii=False)))
+
+
+def _insert_spec(db: sqlite3.Connection, spec: Any, stamp: float) -> None:
+    db.execute(
+        "INSERT INTO specs (project, task_id, state, revision, content_hash, path, priority, estimate_s, timeout_s,"
+        " retries, executor, verify, depends_on_json, modifies_json, created_at, updated_at)"
+        " VALUES (?, ?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (spec.project, spec.task_id, SpecState.QUEUED.value, spec.content_hash, spec.path, spec.priority,
+         spec.estimate, spec.timeout, spec.retries, spec.executor, spec.verify,
+         json.dumps(list(spec.depends_on)), json.dumps(list(spec.modifies)), stamp, stamp))
+    _insert_revision(db, spec, 1, stamp)
+    _event(db, "spec_added", spec.project, spec.task_id, to_state=SpecState.QUEUED.value,
+           detail={"revision": 1, "path": spec.path})
+
+
+def _insert_revision(db: sqlite3.Connection, spec: Any, revision: int, stamp: float) -> None:
+    db.execute("INSERT INTO spec_revisions (project, task_id, revision, content_hash, path, front_matter_json, body,"
+               " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+               (spec.project, spec.task_id, revision, spec.content_hash, spec.path,
+                json.dumps(spec.front_matter, sort_keys=True, ensure_ascii=False, default=str), spec.body, stamp))

@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import pytest
+from specfleet.durations import format_duration, parse_duration
+from specfleet.paths import covers, normalise_modifies, paths_overlap
+
+
+@pytest.mark.parametrize(("text", "seconds"), [
+    ("90s", 90), ("5m", 300), ("1h", 3600), ("1h30m", 5400), ("2d", 172800), (" 10M ", 600),
+    (45, 45), ("120", 120), ("1h0m30s", 3630),
+])
+def test_durations_parse_to_seconds(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "5x", "m5", "0m", 0, -5, "8d", True, 1.5, None, "1h-5m", "5 minutes"])
+def test_bad_durations_are_refused_with_an_example(text):
+    with pytest.raises(ValueError, match=r"duration|zero|maximum"):
+        parse_duration(text)
+
+
+def test_format_duration_is_the_inverse():
+    for seconds in (1, 59, 60, 3599, 3600, 5400, 90061):
+        assert parse_duration(format_duration(seconds)) == seconds
+
+
+@pytest.mark.parametrize(("raw", "normal"), [
+    ("a.py", "a.py"), ("./a.py", "a.py"), ("././src//a.py", "src/a.py"), ("src/", "src/"),
+    ("./src/./pkg/", "src/pkg/"), ("tests/**/test_*.py", "tests/**/test_*.py"), ("文档/说明.md", "文档/说明.md"),
+])
+def test_modifies_are_normalised_once(raw, normal):
+    assert normalise_modifies(raw) == normal
+
+
+@pytest.mark.parametrize(("raw", "why"), [
+    ("/etc/passwd", "absolute"), ("~/x", "'~'"), ("../x", r"'\.\.'"), ("a/../../x", r"'\.\.'"),
+    ("a;rm -rf /", "metacharacters"), ("$(id)", "metacharacters"), ("`id`", "metacharacters"),
+    ("a|b", "metacharacters"), ("a\nb", "control"), ("a\x00b", "control"), ("a\tb", "control"),
+    (".git/config", r"\.git"), ("-rf", "option"), ("src/--force", "option"), (".", "whole repository"),
+    ("./", "whole repository"), ("", "non-empty"), (" a.py", "whitespace"), (5, "non-empty"), (None, "non-empty"),
+    ("a'b", "metacharacters"), ('a"b', "metacharacters"), ("a\\b", "metacharacters"),
+])
+def test_hostile_or_escaping_paths_are_refused(raw, why):
+    with pytest.raises(ValueError, match=why):
+        normalise_modifies(raw)
+
+
+@pytest.mark.parametrize(("first", "second", "overlap"), [
+    ("a.py", "a.py", True), ("a.py", "b.py", False), ("src/", "src/a.py", True), ("src/a.py", "src/", True),
+    ("src/", "srcx/a.py", False), ("src/", "src/pkg/", True), ("src/pkg/", "src/other/", False),
+    ("src/*.py", "src/a.py", True), ("src/*.py", "src/pkg/a.py", False), ("src/**/*.py", "src/pkg/a.py", True),
+    ("tests/test_?.py", "tests/test_1.py", True), ("tests/test_[ab].py", "tests/test_c.py", False),
+    ("src/*.py", "src/pkg/", True),  # conservative: two patterns sharing a root may overlap
+    ("docs/*.md", "src/*.py", False), ("src/app", "src/app.py", False),
+])
+def test_overlap_is_exact_for_files_and_conservative_for_patterns(first, second, overlap):
+    assert paths_overlap(first, second) is overlap
+    assert paths_overlap(second, first) is overlap
+
+
+def test_directory_entries_cover_everything_below():
+    assert covers("src/", "src/deep/er/file.py")
+    assert not covers("src/", "srcfile.py")

@@ -1,0 +1,196 @@
+from __future__ import annotations
+
+from specfleet.validation import validate_project
+
+from tests.conftest import git, spec_text
+
+EXECUTORS = ["glm", "codex"]
+
+
+def validate(projects, name="demo", **kwargs):
+    kwargs.setdefault("executors", EXECUTORS)
+    kwargs.setdefault("default_executor", "glm")
+    return validate_project(projects.specs_root, name, display_root="specs", **kwargs)
+
+
+def texts(report):
+    return [str(p) for p in report.problems]
+
+
+def test_a_valid_project_reports_every_spec_and_skips_non_specs(projects):
+    projects.project(**{
+        "S01.md": spec_text("S01"),
+        "S02.md": spec_text("S02", depends_on=["S01"], modifies=["src/util.py"]),
+        "SHARED_CONTEXT.md": "# contract\n",
+        "notes.md": "just notes\n",
+        "_draft.md": spec_text("S03"),
+    })
+    report = validate(projects)
+    assert report.ok, report.summary()
+    assert report.valid_ids == ["S01", "S02"]
+    assert set(report.ignored) == {"specs/demo/SHARED_CONTEXT.md", "specs/demo/notes.md", "specs/demo/_draft.md"}
+
+
+def test_problems_across_files_are_all_reported_and_valid_siblings_stay_valid(projects):
+    projects.project(**{
+        "S01.md": spec_text("S01"),
+        "S02.md": spec_text("S02", depends_on=["S09"]),
+        "S03.md": spec_text("S03", executor="gpt-9"),
+        "S04.md": spec_text("S01"),  # duplicate id
+        "S05.md": "---\ntask_id: [\n---\n",
+        "S06-forgot.md": "## Goal\nno front matter\n",
+    })
+    report = validate(projects)
+    assert not report.ok
+    found = "\n".join(texts(report))
+    assert "specs/demo/S02.md: field 'depends_on': 'S09' is not a spec of project demo" in found
+    assert "specs/demo/S03.md: field 'executor': 'gpt-9' is not defined in the inventory (defined: codex, glm)" in found
+    assert "specs/demo/S04.md: field 'task_id': 'S01' is the same id as in specs/demo/S01.md" in found
+    assert "specs/demo/S01.md: field 'task_id': 'S01' is also used by specs/demo/S04.md" in found
+    assert "specs/demo/S05.md:3: YAML error" in found
+    assert "specs/demo/S06-forgot.md:1: looks like a spec but has no YAML front matter" in found
+    # S02 and S03 are broken, S01 and S04 share an id: nothing of these is "valid".
+    assert report.valid_ids == []
+    assert "nothing was queued" in report.summary()
+
+
+def test_valid_siblings_of_a_broken_spec_are_listed(projects):
+    projects.project(**{"S01.md": spec_text("S01"), "S02.md": spec_text("S02", priority=77)})
+    report = validate(projects)
+    assert report.valid_ids == ["S01"]
+    assert report.invalid_paths == {"specs/demo/S02.md"}
+    assert "valid: S01" in report.summary()
+
+
+def test_case_insensitive_duplicate_ids_collide(projects):
+    projects.project(**{"a.md": spec_text("S01"), "b.md": spec_text("s01")})
+    assert any("case-insensitively equal" in t for t in texts(validate(projects)))
+
+
+def test_cycles_are_printed_as_paths_on_every_member(projects):
+    projects.project(**{
+        "S01.md": spec_text("S01", depends_on=["S03"]),
+        "S02.md": spec_text("S02", depends_on=["S01"]),
+        "S03.md": spec_text("S03", depends_on=["S02"]),
+        "S04.md": spec_text("S04", depends_on=["S05"]),
+        "S05.md": spec_text("S05", depends_on=["S04"]),
+        "S06.md": spec_text("S06", depends_on=["S01"]),  # downstream of a cycle, not in it
+    })
+    report = validate(projects)
+    cyc = [t for t in texts(report) if "dependency cycle" in t]
+    assert "specs/demo/S01.md: field 'depends_on': dependency cycle: S01 -> S03 -> S02 -> S01" in cyc[0]
+    assert sum("S01 -> S03 -> S02 -> S01" in t for t in cyc) == 3
+    assert sum("S04 -> S05 -> S04" in t for t in cyc) == 2
+    assert not any(t.startswith("specs/demo/S06.md") for t in cyc)
+
+
+def test_modifies_must_exist_on_the_base_branch_or_be_creatable(projects):
+    projects.project(**{
+        "S01.md": spec_text("S01", modifies=["src/new_module.py", "tests/", "tests/fixtures/", "src/**/*.py"]),
+        "S02.md": spec_text("S02", modifies=["nowhere/deep/file.py"]),
+        "S03.md": spec_text("S03", modifies=["src"]),
+        "S04.md": spec_text("S04", modifies=["src/app.py/"]),
+        "S05.md": spec_text("S05", modifies=["lib/", "lib/new.py"]),
+        "S06.md": spec_text("S06", modifies=["vendor/*/x.py"]),
+    })
+    found = texts(validate(projects))
+    assert not any(t.startswith("specs/demo/S01.md") for t in found), found
+    assert any("specs/demo/S02.md: field 'modifies': 'nowhere/deep/file.py' points nowhere" in t for t in found)
+    assert any("specs/demo/S03.md: field 'modifies': 'src' is a directory" in t and "'src/'" in t for t in found)
+    assert any("specs/demo/S04.md: field 'modifies': 'src/app.py/' is a file" in t for t in found)
+    assert not any(t.startswith("specs/demo/S05.md") for t in found), found  # declared new directory
+    assert any(t.startswith("specs/demo/S06.md") and "does not exist" in t for t in found)
+
+
+def test_uncommitted_files_do_not_count_as_existing(projects):
+    (projects.repo / "src" / "local_only.py").write_text("x")
+    projects.project(**{"S01.md": spec_text("S01", modifies=["src/local_only.py", "scratch/x.py"])})
+    (projects.repo / "scratch").mkdir()
+    (projects.repo / "scratch" / "x.py").write_text("x")
+    found = texts(validate(projects))
+    # local_only.py is a new file in an existing directory: fine. scratch/ exists only on disk.
+    assert len(found) == 1 and "'scratch/x.py' points nowhere" in found[0]
+
+
+def test_repository_problems_name_project_yml(projects):
+    projects.project(config=f"repository: {projects.root / 'missing'}\nverify: x\n", **{"S01.md": spec_text("S01")})
+    assert any(t.startswith("specs/demo/project.yml: field 'repository':") for t in texts(validate(projects)))
+    projects.project(config=f"repository: {projects.repo}\nbase_branch: trunk\nverify: x\n")
+    assert any("branch 'trunk' does not exist" in t for t in texts(validate(projects)))
+    plain = projects.repo / "src"  # inside a repository but not its top
+    projects.project(config=f"repository: {plain}\nverify: x\n")
+    assert any("is not the top of a git repository" in t for t in texts(validate(projects)))
+
+
+def test_remote_repositories_skip_the_tree_check_and_say_so(projects):
+    projects.project(config="repository: https://git.example.invalid/demo.git\nverify: x\n",
+                     **{"S01.md": spec_text("S01", modifies=["anything/at/all.py"])})
+    report = validate(projects)
+    assert report.ok and "not checked" in report.notes[0]
+
+
+def test_project_yml_errors(projects):
+    projects.project(config="repositry: x\n")
+    found = texts(validate(projects))
+    assert any("field 'repositry': is not a project setting" in t for t in found)
+    assert any("field 'repository': is required" in t for t in found)
+    projects.project(config="repository: ${NO_SUCH_VARIABLE_X}/r\n")
+    assert any("uses ${NO_SUCH_VARIABLE_X}, which is not set" in t for t in texts(validate(projects)))
+    projects.project(config=f"repository: {projects.repo}\nexecutor: nope\nverify: x\n")
+    assert any("project.yml: field 'executor': 'nope' is not defined" in t for t in texts(validate(projects)))
+
+
+def test_repository_expands_specfleet_home(projects, monkeypatch):
+    monkeypatch.setenv("SPECFLEET_HOME", str(projects.root))
+    projects.project(config="repository: ${SPECFLEET_HOME}/repo\nverify: x\n", **{"S01.md": spec_text("S01")})
+    report = validate(projects)
+    assert report.ok, report.summary()
+    assert report.config.repository == str(projects.repo)
+
+
+def test_missing_verify_without_project_default(projects):
+    projects.project(config=f"repository: {projects.repo}\n", **{"S01.md": spec_text("S01")})
+    assert any("field 'verify': is missing" in t for t in texts(validate(projects)))
+
+
+def test_no_executor_anywhere(projects):
+    projects.project(**{"S01.md": spec_text("S01")})
+    assert any("field 'executor': is not set" in t for t in texts(validate(projects, default_executor=None)))
+
+
+def test_unknown_project_and_hostile_project_names(projects):
+    projects.project("demo")
+    report = validate(projects, "dmeo")
+    assert "specs/dmeo: is not a directory (did you mean 'demo'?)" in texts(report)[0]
+    for hostile in ("../etc", "a;b", "x\ny", ""):
+        assert "not a valid project name" in texts(validate(projects, hostile))[0]
+
+
+def test_hostile_file_names_are_shown_escaped(projects):
+    projects.project(**{"S01\nx.md": spec_text(None)})
+    found = texts(validate(projects))
+    assert any(t.startswith("specs/demo/S01\\nx.md:") for t in found), found
+
+
+def test_non_utf8_and_oversized_files(projects):
+    folder = projects.project()
+    (folder / "S01.md").write_bytes(b"---\ntask_id: S01\xff\n---\n")
+    (folder / "S02.md").write_text(spec_text("S02") + "x" * 300_000)
+    found = texts(validate(projects))
+    assert any("S01.md: is not UTF-8" in t for t in found)
+    assert any("S02.md: is" in t and "bytes" in t for t in found)
+
+
+def test_validation_reads_the_committed_tree(projects):
+    git(projects.repo, "rm", "-q", "src/util.py")
+    git(projects.repo, "commit", "-q", "-m", "drop util")
+    projects.project(**{"S01.md": spec_text("S01", modifies=["src/util.py"])})
+    assert validate(projects).ok  # a new file in an existing directory
+
+
+def test_a_thousand_specs_validate(projects):
+    files = {f"T{i:04d}.md": spec_text(f"T{i:04d}", depends_on=[f"T{i - 1:04d}"] if i else [],
+                                       modifies=[f"src/m{i}.py"]) for i in range(1000)}
+    projects.project(**files)
+    report = validate(projects)  # how fast is measured by benchmarks/bench_validate.py
+    assert report.ok and len(report.valid_ids) == 1000
