@@ -1,0 +1,1 @@
+"""HTTP handlers: `handler(body, request) -> (status_code, body_dict)`."""

@@ -1,0 +1,1 @@
+"""Business logic. Services never see HTTP details."""
