@@ -21,7 +21,11 @@ class FrontMatterError(ValueError):
         self.key = key
 
 
-class _StrictLoader(yaml.SafeLoader):
+# libyaml's parser is ~10x faster than the pure-Python one; same safe constructors.
+_BaseLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _StrictLoader(_BaseLoader):
     """SafeLoader that refuses duplicate mapping keys."""
 
 
@@ -59,18 +63,15 @@ def has_front_matter(text: str) -> bool:
 
 def load_yaml_mapping(text: str, first_line: int = 1) -> tuple[dict, dict[str, int]]:
     """Parse ``text`` as one YAML mapping; line numbers are offset so ``first_line`` is line 1."""
+    loader = _StrictLoader(text)
+    loader.first_line = first_line
     try:
-        node = yaml.compose(text, Loader=_StrictLoader)
+        node = loader.get_single_node()
         if node is None:
             return {}, {}
         if not isinstance(node, yaml.MappingNode):
             raise FrontMatterError("must be a YAML mapping of key: value lines", first_line + node.start_mark.line)
-        loader = _StrictLoader(text)
-        loader.first_line = first_line
-        try:
-            data = loader.get_single_data()
-        finally:
-            loader.dispose()
+        data = loader.construct_document(node)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = first_line + mark.line if mark is not None else None
@@ -79,6 +80,8 @@ def load_yaml_mapping(text: str, first_line: int = 1) -> tuple[dict, dict[str, i
         raise FrontMatterError(f"YAML error: {problem}{context}", line) from exc
     except yaml.YAMLError as exc:
         raise FrontMatterError(f"YAML error: {exc}", first_line) from exc
+    finally:
+        loader.dispose()
     key_lines = {}
     for key_node, _value in node.value:
         if isinstance(key_node, yaml.ScalarNode):

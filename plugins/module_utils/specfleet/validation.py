@@ -186,6 +186,7 @@ def validate_project(specs_root: str | Path, project: str, executors: Iterable[s
                                        f"{config.executor!r} is not defined in the inventory",
                                        "defined: " + ", ".join(executor_names)))
 
+    seen_ids: dict[str, Spec] = {}  # lower-cased id -> first spec with it
     defaults = config.spec_defaults()
     if defaults["executor"] is None:
         defaults["executor"] = default_executor
@@ -216,8 +217,8 @@ def validate_project(specs_root: str | Path, project: str, executors: Iterable[s
         report.files[path] = spec.task_id if spec else None
         report.problems += problems
         if spec is not None:
+            _cross_check_duplicate(report, spec, seen_ids)
             report.specs.setdefault(spec.task_id, spec)
-            _cross_check_duplicate(report, spec)
 
     specs = list(report.specs.values())
     known_ids = sorted(report.specs)
@@ -252,17 +253,15 @@ def validate_project(specs_root: str | Path, project: str, executors: Iterable[s
     return report
 
 
-def _cross_check_duplicate(report: ValidationReport, spec: Spec) -> None:
-    for other in report.specs.values():
-        if other is spec or other.path == spec.path:
-            continue
-        if other.task_id.lower() == spec.task_id.lower():
-            same = "the same" if other.task_id == spec.task_id else "a case-insensitively equal"
-            report.problems.append(Problem(spec.path, None, "task_id",
-                                           f"{spec.task_id!r} is {same} id as in {other.path}",
-                                           "task ids must be unique in a project (branch names derive from them)"))
-            report.problems.append(Problem(other.path, None, "task_id",
-                                           f"{other.task_id!r} is also used by {spec.path}"))
+def _cross_check_duplicate(report: ValidationReport, spec: Spec, seen_ids: dict[str, Spec]) -> None:
+    """Ids become branch names, and case-insensitive file systems fold case: compare lower-cased."""
+    other = seen_ids.setdefault(spec.task_id.lower(), spec)
+    if other is spec:
+        return
+    same = "the same" if other.task_id == spec.task_id else "a case-insensitively equal"
+    report.problems.append(Problem(spec.path, None, "task_id", f"{spec.task_id!r} is {same} id as in {other.path}",
+                                   "task ids must be unique in a project (branch names derive from them)"))
+    report.problems.append(Problem(other.path, None, "task_id", f"{other.task_id!r} is also used by {spec.path}"))
 
 
 def _check_repository(report: ValidationReport, config: ProjectConfig, specs: list[Spec]) -> None:

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Set up specfleet on Debian 12: system packages, then a virtualenv in .venv.
+#   scripts/setup.sh          runtime (ansible-core, jsonschema, PyYAML)
+#   scripts/setup.sh --dev    plus pytest, ruff, yamllint
+# Safe to run again. Uses sudo for apt when not root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+dev=0
+[ "${1:-}" = "--dev" ] && dev=1
+
+sudo=""
+[ "$(id -u)" -ne 0 ] && sudo="sudo"
+packages=(git openssh-client openssh-server python3 python3-venv sqlite3)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "setup: installing ${missing[*]}"
+    # A third-party source that is unreachable must not stop the Debian packages.
+    $sudo apt-get update -qq || echo "setup: apt-get update reported errors; continuing with what it fetched" >&2
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+if [ "$dev" -eq 1 ]; then
+    .venv/bin/python -m pip install -q -r requirements-dev.txt
+else
+    .venv/bin/python -m pip install -q -r requirements.txt
+fi
+.venv/bin/ansible-galaxy collection install -r requirements.yml >/dev/null
+echo "setup: ready ($(.venv/bin/ansible --version | head -n1))"
