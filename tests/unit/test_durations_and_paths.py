@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+
 from specfleet.durations import format_duration, parse_duration
 from specfleet.paths import covers, normalise_modifies, paths_overlap
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+
 from specfleet.graph import CycleError, SpecGraph
 
 SEEDS = {  # the seeds' split: S03 needs S01+S02, S04 needs S01, ...

@@ -1,8 +1,8 @@
 from __future__ import annotations
 
 import pytest
-from specfleet.spec import content_hash, parse_sections, parse_spec
 
+from specfleet.spec import content_hash, parse_sections, parse_spec
 from tests.conftest import spec_text
 
 CHINESE = """---

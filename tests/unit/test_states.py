@@ -3,6 +3,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
+
 from specfleet.states import NEEDS_REASON, TERMINAL, TRANSITIONS, InvalidTransition, SpecState, check_transition
 
 ALLOWED = [(a, b) for a, targets in TRANSITIONS.items() for b in targets]

@@ -4,10 +4,10 @@ import multiprocessing
 import sqlite3
 
 import pytest
+
 from specfleet.states import InvalidTransition, SpecState
 from specfleet.store import MIGRATIONS, SCHEMA_VERSION, StaleState, Store, StoreError
 from specfleet.validation import validate_project
-
 from tests.conftest import spec_text
 
 

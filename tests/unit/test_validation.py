@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 from specfleet.validation import validate_project
-
 from tests.conftest import git, spec_text
 
 EXECUTORS = ["glm", "codex"]
