@@ -54,12 +54,14 @@ this heading is inside a code fence and must not start a section
 
 
 def parse(text, project="demo", defaults=None, stem="S01"):
+    defaults = {"executor": "glm", **(defaults or {})}
     return parse_spec(f"specs/{project}/{stem}.md", text, project, defaults, stem=stem)
 
 
 def test_chinese_spec_parses_with_every_field_resolved():
     spec, problems = parse(CHINESE, stem="S01-schedule-schema")
     assert problems == []
+    assert spec.executor == "glm"
     assert spec.task_id == "S01-schedule-schema"
     assert spec.modifies == ("backend/schemas/post.py",)  # normalised
     assert (spec.estimate, spec.timeout, spec.priority, spec.retries) == (300, 1800, 1, 3)
@@ -133,6 +135,15 @@ def test_every_problem_of_a_file_is_reported_in_one_pass():
     text = spec_text(depends_on="S02", priority=99, estimate="never", dependson=[], body="## Goal\nx\n")
     fields = {f for f, _l, _m in problems_of(text, defaults={"verify": "pytest"})}
     assert {"depends_on", "priority", "estimate", "dependson", "验收标准/Acceptance criteria"} <= fields
+
+
+def test_executors_are_checked_against_the_inventory():
+    text = spec_text(executor="gpt-x")
+    spec, problems = parse_spec("S01.md", text, "demo", {"verify": "x"}, executors=["codex", "glm"])
+    assert [(p.field, p.line, p.message, p.hint) for p in problems] == [
+        ("executor", 4, "'gpt-x' is not defined in the inventory", "defined: codex, glm")]
+    spec, problems = parse_spec("S01.md", spec_text(), "demo", {"verify": "x"}, executors=["glm"])
+    assert problems[0].field == "executor" and "is not set here" in problems[0].message
 
 
 def test_unknown_field_suggests_the_closest_known_one():

@@ -43,7 +43,7 @@ def test_problems_across_files_are_all_reported_and_valid_siblings_stay_valid(pr
     assert not report.ok
     found = "\n".join(texts(report))
     assert "specs/demo/S02.md: field 'depends_on': 'S09' is not a spec of project demo" in found
-    assert "specs/demo/S03.md: field 'executor': 'gpt-9' is not defined in the inventory (defined: codex, glm)" in found
+    assert "specs/demo/S03.md:4: field 'executor': 'gpt-9' is not defined in the inventory (defined: codex, glm)" in found
     assert "specs/demo/S04.md: field 'task_id': 'S01' is the same id as in specs/demo/S01.md" in found
     assert "specs/demo/S01.md: field 'task_id': 'S01' is also used by specs/demo/S04.md" in found
     assert "specs/demo/S05.md:3: YAML error" in found

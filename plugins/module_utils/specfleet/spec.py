@@ -120,10 +120,11 @@ def _unknown_key_problem(path: str, key: str, line: int | None, known: list[str]
 
 
 def parse_spec(path: str, text: str, project: str, defaults: dict[str, Any] | None = None,
-               stem: str | None = None) -> tuple[Spec | None, list[Problem]]:
+               stem: str | None = None, executors: list[str] | None = None) -> tuple[Spec | None, list[Problem]]:
     """Parse one spec file's ``text``; return the spec, or ``None`` and every problem found.
 
-    ``defaults`` are the project's (``project.yml``) values for fields a spec may omit.
+    ``defaults`` are the project's (``project.yml``) values for fields a spec may omit;
+    ``executors`` the names the inventory defines (``None``: not checked).
     """
     defaults = dict(DEFAULTS, **{k: v for k, v in (defaults or {}).items() if v is not None})
     problems: list[Problem] = []
@@ -193,6 +194,17 @@ def parse_spec(path: str, text: str, project: str, defaults: dict[str, Any] | No
     if isinstance(verify, str) and "\x00" in verify:
         problems.append(Problem(path, line_of("verify"), "verify", "contains a NUL byte"))
 
+    executor = data.get("executor", defaults.get("executor"))
+    if "executor" not in bad_fields:
+        if executor is None:
+            problems.append(Problem(path, None, "executor",
+                                    "is not set here, in project.yml or as specfleet_default_executor",
+                                    "name one of the inventory's executors"))
+        elif executors is not None and executor not in executors:
+            problems.append(Problem(path, line_of("executor"), "executor",
+                                    f"{executor!r} is not defined in the inventory",
+                                    "defined: " + ", ".join(executors)))
+
     for dep in data.get("depends_on", []) if "depends_on" not in bad_fields else []:
         if not TASK_ID.match(dep):
             problems.append(Problem(path, line_of("depends_on"), "depends_on",
@@ -221,7 +233,7 @@ def parse_spec(path: str, text: str, project: str, defaults: dict[str, Any] | No
         priority=data.get("priority", defaults["priority"]),
         depends_on=tuple(data.get("depends_on", [])),
         modifies=tuple(modifies),
-        executor=data.get("executor", defaults.get("executor")),
+        executor=executor,
         estimate=durations["estimate"],
         timeout=durations["timeout"],
         verify=verify,

@@ -213,7 +213,7 @@ def validate_project(specs_root: str | Path, project: str, executors: Iterable[s
             else:
                 report.ignored[path] = "no front matter"
             continue
-        spec, problems = parse_spec(path, text, project, defaults, stem=stem)
+        spec, problems = parse_spec(path, text, project, defaults, stem=stem, executors=executor_names)
         report.files[path] = spec.task_id if spec else None
         report.problems += problems
         if spec is not None:
@@ -229,14 +229,6 @@ def validate_project(specs_root: str | Path, project: str, executors: Iterable[s
                 hint = f"did you mean {close[0]!r}?" if close else "known: " + ", ".join(known_ids)
                 report.problems.append(Problem(spec.path, None, "depends_on",
                                                f"{dep!r} is not a spec of project {project}", hint))
-        if executor_names is not None and spec.executor and spec.executor not in executor_names:
-            report.problems.append(Problem(spec.path, None, "executor",
-                                           f"{spec.executor!r} is not defined in the inventory",
-                                           "defined: " + ", ".join(executor_names)))
-        if spec.executor is None:
-            report.problems.append(Problem(spec.path, None, "executor",
-                                           "is not set here, in project.yml or as specfleet_default_executor",
-                                           "name one of the inventory's executors"))
 
     graph = SpecGraph({s.task_id: s.depends_on for s in specs})
     for cycle in graph.cycles():
