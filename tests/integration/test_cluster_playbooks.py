@@ -1,0 +1,73 @@
+"""bootstrap.yml and dispatch.yml against three real sshd worker nodes."""
+from __future__ import annotations
+
+import re
+import sqlite3
+from pathlib import Path
+
+from tests.conftest import spec_text
+
+LAYOUT = ("mirrors", "workspaces", "runs")
+
+
+def recap(output: str) -> dict[str, dict[str, int]]:
+    rows = re.findall(r"^(\S+)\s+: ((?:\w+=\d+\s*)+)$", output, re.M)
+    return {host: {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", counts)} for host, counts in rows}
+
+
+def work_root(cluster, name: str) -> Path:
+    return Path(cluster.node(name).work_dir)
+
+
+def test_bootstrap_limited_to_one_node_then_all_and_idempotent(cluster, fleet):
+    run = fleet.playbook("bootstrap.yml", "--limit", "node-2")
+    assert run.returncode == 0, run.output
+    assert set(recap(run.output)) == {"node-2"}
+    assert all((work_root(cluster, "node-2") / d).is_dir() for d in LAYOUT)
+    assert not (work_root(cluster, "node-1") / "mirrors").exists()
+
+    run = fleet.playbook("bootstrap.yml")
+    assert run.returncode == 0, run.output
+    for name in ("node-1", "node-2", "node-3"):
+        assert all((work_root(cluster, name) / d).is_dir() for d in LAYOUT), name
+    again = fleet.playbook("bootstrap.yml")
+    assert again.returncode == 0
+    assert {h: c["changed"] for h, c in recap(again.output).items()} == {"node-1": 0, "node-2": 0, "node-3": 0}
+
+
+def test_dispatch_queues_the_example_checks_nodes_and_says_it_stopped(fleet):
+    run = fleet.playbook("dispatch.yml", "-e", "project=clawmarketing")
+    assert run.returncode == 0, run.output
+    counts = recap(run.output)
+    assert {h: counts[h]["ok"] for h in ("node-1", "node-2", "node-3")} == {"node-1": 1, "node-2": 1, "node-3": 1}
+    assert "STOPPED: dispatching specs to agents is not implemented" in run.output
+    db = sqlite3.connect(fleet.db)
+    states = db.execute("SELECT state, count(*) FROM specs WHERE project = 'clawmarketing' GROUP BY state").fetchall()
+    assert states == [("queued", 8)]
+    events = db.execute("SELECT count(*) FROM events").fetchone()[0]
+
+    again = fleet.playbook("dispatch.yml", "-e", "project=clawmarketing")
+    assert again.returncode == 0
+    assert recap(again.output)["localhost"]["changed"] == 0
+    assert db.execute("SELECT count(*) FROM events").fetchone()[0] == events
+
+
+def test_dispatch_of_an_invalid_project_queues_nothing_and_touches_no_node(fleet, tmp_path):
+    folder = tmp_path / "specs" / "bad"
+    folder.mkdir(parents=True)
+    (folder / "project.yml").write_text(f"repository: {fleet.home / 'repos' / 'clawmarketing'}\nverify: x\n")
+    (folder / "S01.md").write_text(spec_text("S01", modifies=["backend/app.py"]))
+    (folder / "S02.md").write_text(spec_text("S02", modifies=["backend/app.py"], depends_on="S01"))
+    run = fleet.playbook("dispatch.yml", "-e", "project=bad", "-e", f"specfleet_specs_root={tmp_path / 'specs'}")
+    assert run.returncode == 2
+    assert "S02.md:4: field 'depends_on': value must be of type array, not 'S01'" in run.output
+    assert "Check the worker nodes" not in run.output
+    if fleet.db.exists():
+        count = sqlite3.connect(fleet.db).execute("SELECT count(*) FROM specs WHERE project = 'bad'").fetchone()[0]
+        assert count == 0
+
+
+def test_unknown_host_in_limit_is_an_error(fleet):
+    run = fleet.playbook("bootstrap.yml", "--limit", "node-9")
+    assert run.returncode != 0
+    assert "node-9" in run.output
