@@ -128,8 +128,11 @@ CREATE TABLE nodes (
     name TEXT PRIMARY KEY,
     slots INTEGER NOT NULL CHECK (slots >= 0),
     enabled INTEGER NOT NULL DEFAULT 1,
+    priority INTEGER NOT NULL DEFAULT 0,
     health TEXT NOT NULL DEFAULT 'unknown',
     health_reason TEXT,
+    failures INTEGER NOT NULL DEFAULT 0,
+    quarantined_until REAL,
     last_seen_at REAL,
     updated_at REAL NOT NULL
 );
@@ -146,13 +149,14 @@ CREATE TABLE slot_leases (
     UNIQUE (project, task_id)
 );
 CREATE TABLE path_locks (
-    project TEXT NOT NULL,
+    repository TEXT NOT NULL,
     path TEXT NOT NULL,
+    project TEXT NOT NULL,
     task_id TEXT NOT NULL,
     run_id TEXT NOT NULL REFERENCES runs(id),
     acquired_at REAL NOT NULL,
     expires_at REAL NOT NULL,
-    PRIMARY KEY (project, path, task_id)
+    PRIMARY KEY (repository, path, project, task_id)
 );
 CREATE INDEX path_locks_by_task ON path_locks(project, task_id);
 """),
