@@ -35,11 +35,8 @@ class ActionModule(ActionBase):
         _spec, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
         db = controller.resolve_db(args["db"] or task_vars.get("specfleet_db"))
         try:
-            report, fed = controller.feed(
-                args["project"], str(db), args["specs_root"] or task_vars.get("specfleet_specs_root"),
-                args["executors"] if args["executors"] is not None else task_vars.get("specfleet_executors"),
-                args["default_executor"] or task_vars.get("specfleet_default_executor"),
-                dry_run=self._task.check_mode)
+            report, fed = controller.feed(db=str(db), dry_run=self._task.check_mode,
+                                          **controller.project_inputs(args, task_vars))
         except StoreError as exc:
             return dict(result, failed=True, msg=f"state store {db}: {exc}")
         result.update(report.as_dict(), db=str(db), summary=report.summary())

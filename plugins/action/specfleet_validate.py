@@ -36,11 +36,8 @@ class ActionModule(ActionBase):
         result = super().run(tmp, task_vars)
         task_vars = task_vars or {}
         _spec, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
-        report = controller.validate(
-            args["project"], args["specs_root"] or task_vars.get("specfleet_specs_root"),
-            args["executors"] if args["executors"] is not None else task_vars.get("specfleet_executors"),
-            args["default_executor"] or task_vars.get("specfleet_default_executor"),
-            check_repository=args["check_repository"])
+        report = controller.validate(**controller.project_inputs(args, task_vars),
+                                     check_repository=args["check_repository"])
         result.update(report.as_dict(), changed=False, summary=report.summary())
         if not report.ok:
             result.update(failed=True, msg=report.summary())

@@ -71,3 +71,11 @@ def test_unknown_host_in_limit_is_an_error(fleet):
     run = fleet.playbook("bootstrap.yml", "--limit", "node-9")
     assert run.returncode != 0
     assert "node-9" in run.output
+
+
+def test_check_mode_reports_what_would_be_queued_and_writes_nothing(fleet):
+    run = fleet.playbook("dispatch.yml", "--check", "-e", "project=clawmarketing")
+    assert run.returncode == 0, run.output
+    assert recap(run.output)["localhost"]["changed"] == 1  # it would add the 8 specs
+    count = sqlite3.connect(fleet.db).execute("SELECT count(*) FROM specs").fetchone()[0]
+    assert count == 0

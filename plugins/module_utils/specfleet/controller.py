@@ -42,6 +42,17 @@ def executor_names(value: Mapping[str, Any] | Iterable[str] | None) -> list[str]
     return sorted(str(v) for v in value)
 
 
+def project_inputs(args: Mapping[str, Any], task_vars: Mapping[str, Any]) -> dict[str, Any]:
+    """A task's arguments, falling back to the inventory variables ``specfleet_*``."""
+    executors = args.get("executors")
+    return {
+        "project": args["project"],
+        "specs_root": args.get("specs_root") or task_vars.get("specfleet_specs_root"),
+        "executors": executors if executors is not None else task_vars.get("specfleet_executors"),
+        "default_executor": args.get("default_executor") or task_vars.get("specfleet_default_executor"),
+    }
+
+
 def validate(project: str, specs_root: str | None = None, executors: Any = None,
              default_executor: str | None = None, check_repository: bool = True) -> ValidationReport:
     root = resolve_specs_root(specs_root)
