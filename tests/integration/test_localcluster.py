@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -209,6 +208,16 @@ def test_known_hosts_holds_the_served_keys(cluster: LocalCluster) -> None:
 # ---------------------------------------------------------------- teardown
 
 
+def _session(c: LocalCluster, spec: NodeSpec, command: str) -> subprocess.Popen:
+    """A plain (unmultiplexed) SSH session running ``command`` on the node, as a long task would."""
+    return subprocess.Popen(
+        ["ssh", "-F", "/dev/null", "-i", str(c.client_key), "-p", str(spec.port), "-o", "BatchMode=yes",
+         "-o", f"UserKnownHostsFile={c.known_hosts}", "-o", "StrictHostKeyChecking=yes", "-o", "ControlPath=none",
+         f"{c.user.pw_name}@{spec.address}", command],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
 def test_stop_leaves_no_process_and_closes_ports(tmp_path: Path) -> None:
     c = LocalCluster(tmp_path / "c", _nodes(31))
     client = None
@@ -219,12 +228,7 @@ def test_stop_leaves_no_process_and_closes_ports(tmp_path: Path) -> None:
         assert len(masters) == 3
         # A login shell with a child, as a long task would have.
         spec = c.nodes[0]
-        client = subprocess.Popen(
-            ["ssh", "-F", "/dev/null", "-i", str(c.client_key), "-p", str(spec.port), "-o", "BatchMode=yes",
-             "-o", f"UserKnownHostsFile={c.known_hosts}", "-o", "StrictHostKeyChecking=yes", "-o", "ControlPath=none",
-             f"{c.user.pw_name}@{spec.address}", "sleep 3141; true"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+        client = _session(c, spec, "sleep 3141; true")
         listeners = _listener_pids(c)
 
         def tree_with_sleep() -> set[tuple[int, int]] | None:
@@ -251,12 +255,7 @@ def test_stop_finds_sessions_after_the_listener_was_killed(tmp_path: Path) -> No
         c.start()
         spec = c.nodes[0]
         # One session process stays under sshd; one double-forks away from sshd's tree entirely.
-        client = subprocess.Popen(
-            ["ssh", "-F", "/dev/null", "-i", str(c.client_key), "-p", str(spec.port), "-o", "BatchMode=yes",
-             "-o", f"UserKnownHostsFile={c.known_hosts}", "-o", "StrictHostKeyChecking=yes", "-o", "ControlPath=none",
-             f"{c.user.pw_name}@{spec.address}", "(setsid sleep 2718 </dev/null >/dev/null 2>&1 &); exec sleep 2719"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+        client = _session(c, spec, "(setsid sleep 2718 </dev/null >/dev/null 2>&1 &); exec sleep 2719")
 
         def sleepers() -> list[tuple[int, int]] | None:
             found = [(pid, _stat(pid)[2]) for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
@@ -402,7 +401,6 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
     assert up.stderr == f"localcluster up: {expected}\n"
 
 
-@pytest.mark.skipif(shutil.which("ssh-keyscan") is None, reason="needs openssh-client")
 def test_restart_keeps_host_keys_and_adopts_running_nodes(tmp_path: Path) -> None:
     root = tmp_path / "c"
     nodes = _nodes(71, count=1)

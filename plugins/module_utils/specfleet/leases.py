@@ -24,7 +24,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from .fleet import NodeInfo, choose_node, order_key, ready_and_doomed
+from .fleet import NodeInfo, choose_node, ordered, ready_and_doomed
 from .graph import SpecGraph
 from .paths import paths_overlap
 from .states import SpecState
@@ -120,18 +120,13 @@ class LeaseBook:
             if row is not None and row["health"] == "quarantined":
                 _event(db, "node_readmitted", run_id=self.run_id, detail={"node": node})
 
-    def quarantined(self) -> set[str]:
-        rows = self.store.db.execute("SELECT name FROM nodes WHERE health = 'quarantined' AND quarantined_until > ?",
-                                     (now(),))
-        return {r["name"] for r in rows}
-
     # -- the grant pass -------------------------------------------------------------------
 
     def grant(self, project: str, nodes: Sequence[NodeInfo], limit: int | None = None) -> PassResult:
         """One scheduling pass for ``project``: block the doomed, start what may start.
 
         Reads the whole fleet's leases and the repository's locks, walks the ready specs in
-        :func:`~.fleet.order_key` order and grants each the best node with a free slot whose
+        :func:`~.fleet.ordered` order and grants each the best node with a free slot whose
         locks do not overlap anything held or reserved. Returns what started and why the
         rest waits.
         """
@@ -152,8 +147,7 @@ class LeaseBook:
                 self.store._transition(db, project, task_id, SpecState.BLOCKED, reason=reason, run_id=self.run_id)
                 result.blocked[task_id] = reason
             graph = SpecGraph(deps, {t: r["estimate_s"] for t, r in rows.items()})
-            remaining = graph.remaining_path()
-            ready.sort(key=lambda t: order_key(rows[t]["priority"], remaining.get(t, 0), t))
+            ready = ordered(ready, {t: r["priority"] for t, r in rows.items()}, graph)
 
             used: dict[str, int] = {}
             taken: dict[str, set[int]] = {}
