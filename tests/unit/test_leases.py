@@ -128,8 +128,46 @@ def test_leases_of_a_dead_run_expire_and_are_taken_over(projects, store):
     alive = book(store)
     result = alive.grant("demo", [NodeInfo("n", 1)])
     assert result.expired == 1
-    assert [g.task_id for g in result.granted] == ["S2"]
+    # The dead run's spec went back to the queue and, being first in order, is taken over.
+    assert [(g.task_id, g.attempt) for g in result.granted] == [("S1", 2)]
     assert store.db.execute("SELECT run_id FROM slot_leases").fetchone()[0] == alive.run_id
+    lost = store.db.execute("SELECT outcome, kind FROM attempts WHERE task_id = 'S1' AND number = 1").fetchone()
+    assert tuple(lost) == ("lost", "infra")
+    assert store.spec("demo", "S1").attempts_used == 0
+    assert store.db.execute("SELECT status FROM runs WHERE id = ?", (dead.run_id,)).fetchone()[0] == "lost"
+
+
+def test_a_late_result_after_expiry_changes_nothing(projects, store):
+    feed(projects, store, **{"S1.md": spec_text("S1")})
+    slow = book(store, ttl=-1.0)
+    grant = slow.grant("demo", [NodeInfo("n", 1)]).granted[0]
+    taker = book(store)
+    assert [g.task_id for g in taker.grant("demo", [NodeInfo("n", 1)]).granted] == ["S1"]
+    outcome = slow.finish(grant, succeeded=False, reason="tests red")
+    assert outcome.late and outcome.state is SpecState.RUNNING
+    assert store.spec("demo", "S1").attempts_used == 0
+    assert store.db.execute("SELECT run_id FROM slot_leases").fetchone()[0] == taker.run_id
+
+
+def test_closing_a_run_requeues_what_it_still_holds(projects, store):
+    feed(projects, store, **{"S1.md": spec_text("S1")})
+    leases = book(store)
+    leases.grant("demo", [NodeInfo("n", 1)])
+    leases.close_run("interrupted")
+    row = store.spec("demo", "S1")
+    assert row.state is SpecState.QUEUED and "ended (interrupted)" in row.reason
+    assert store.db.execute("SELECT COUNT(*) FROM slot_leases").fetchone()[0] == 0
+
+
+def test_stop_requests_reach_live_runs_and_cancel_wins(projects, store):
+    feed(projects, store, **{"S1.md": spec_text("S1")})
+    first, ended = book(store), book(store)
+    ended.close_run("ok")
+    assert [r["id"] for r in first.request_stop("demo", "cancel")] == [first.run_id]
+    first.request_stop("demo", "drain")
+    assert first.stop_mode() == "cancel" and ended.stop_mode() is None
+    with pytest.raises(ValueError, match="drain or cancel"):
+        first.request_stop("demo", "pause")
 
 
 def test_quarantined_nodes_get_nothing_until_readmitted(projects, store):

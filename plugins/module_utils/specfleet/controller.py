@@ -12,7 +12,9 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from .leases import LeaseBook
 from .settings import default_db_path
+from .states import SpecState
 from .store import FeedResult, Store
 from .validation import ValidationReport, validate_project
 
@@ -73,3 +75,66 @@ def feed(project: str, db: str | None = None, specs_root: str | None = None, exe
     with Store(resolve_db(db)) as store:
         result = store.feed_preview(report) if dry_run else store.feed(report)
     return report, result
+
+
+def new_run_id() -> str:
+    return LeaseBook.new_run_id()
+
+
+def plan(db: str | None, project: str, ttl: float = 90.0) -> list[dict[str, Any]]:
+    """The specs a new dispatch run takes on: every queued spec, in dispatch order.
+
+    Leases of dead runs are reclaimed first, so specs they held are queued again and
+    included.
+    """
+    with Store(resolve_db(db)) as store:
+        LeaseBook(store, ttl=ttl).expire()
+        rows = store.specs(project, states=[SpecState.QUEUED])
+    return [{"task_id": r.task_id, "priority": r.priority, "executor": r.executor, "depends_on": r.depends_on,
+             "modifies": r.modifies, "timeout_s": r.timeout_s, "estimate_s": r.estimate_s, "verify": r.verify,
+             "revision": r.revision} for r in rows]
+
+
+def run_report(db: str | None, project: str, run_id: str | None, task_ids: Iterable[str]) -> dict[str, Any]:
+    """Where the specs a dispatch run took on ended up, with reasons; ``complete`` if all completed."""
+    wanted = sorted(set(task_ids))
+    with Store(resolve_db(db)) as store:
+        rows = {r.task_id: r for r in store.specs(project)}
+        attempts = {}
+        if run_id:
+            for row in store.db.execute("SELECT task_id, COUNT(*) AS n FROM attempts WHERE run_id = ? GROUP BY task_id",
+                                        (run_id,)):
+                attempts[row["task_id"]] = row["n"]
+    by_state: dict[str, list[str]] = {}
+    lines = []
+    for task_id in wanted:
+        row = rows.get(task_id)
+        state = row.state.value if row else "missing"
+        by_state.setdefault(state, []).append(task_id)
+        if state != SpecState.COMPLETED.value:
+            why = f": {row.reason}" if row is not None and row.reason else ""
+            lines.append(f"{task_id} {state}{why}")
+    counts = ", ".join(f"{len(ids)} {state}" for state, ids in sorted(by_state.items()))
+    summary = f"{project}: {len(wanted)} specs in this run: {counts or 'none'}"
+    return {"summary": summary, "not_completed": lines, "by_state": by_state, "attempts": attempts,
+            "complete": all(s == SpecState.COMPLETED.value for s in by_state) if wanted else True}
+
+
+def request_stop(db: str | None, project: str, mode: str) -> dict[str, Any]:
+    """Ask the live dispatch runs of ``project`` to stop; list the jobs a cancel must kill."""
+    with Store(resolve_db(db)) as store:
+        book = LeaseBook(store)
+        runs = book.request_stop(project, mode)
+        jobs = [dict(r) for r in store.db.execute(
+            "SELECT l.node, l.task_id, l.run_id, a.number AS attempt FROM slot_leases l"
+            " JOIN attempts a ON a.id = l.attempt_id WHERE l.project = ? ORDER BY l.node, l.task_id", (project,))]
+    return {"runs": runs, "jobs": jobs}
+
+
+def live_runs(db: str | None, project: str) -> list[dict[str, Any]]:
+    """Dispatch runs of ``project`` that have not ended (dead ones are reclaimed first)."""
+    with Store(resolve_db(db)) as store:
+        LeaseBook(store).expire()
+        return [dict(r) for r in store.db.execute(
+            "SELECT id, owner, stop, heartbeat_at FROM runs WHERE project = ? AND kind = 'dispatch' AND ended_at IS NULL",
+            (project,))]

@@ -21,7 +21,7 @@ import json
 import os
 import socket
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 from .fleet import NodeInfo, choose_node, ordered, ready_and_doomed
@@ -60,6 +60,7 @@ class PassResult:
 class Outcome:
     state: SpecState
     blocked: tuple[str, ...] = ()
+    late: bool = False
 
 
 class LeaseBook:
@@ -68,7 +69,11 @@ class LeaseBook:
     def __init__(self, store: Store, run_id: str | None = None, ttl: float = DEFAULT_TTL):
         self.store = store
         self.ttl = ttl
-        self.run_id = run_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.run_id = run_id or self.new_run_id()
+
+    @staticmethod
+    def new_run_id() -> str:
+        return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
     # -- runs and nodes -------------------------------------------------------------------
 
@@ -81,11 +86,26 @@ class LeaseBook:
         return self.run_id
 
     def close_run(self, status: str) -> None:
+        """End this run. Specs it still holds go back to the queue (their attempt is ``abandoned``)."""
+        stamp = now()
         with self.store.transaction() as db:
-            db.execute("UPDATE runs SET ended_at = ?, status = ? WHERE id = ?", (now(), status, self.run_id))
+            held = db.execute("SELECT * FROM slot_leases WHERE run_id = ?", (self.run_id,)).fetchall()
+            self._requeue(db, held, "abandoned", f"run {self.run_id} ended ({status}) while it ran", stamp)
+            db.execute("UPDATE runs SET ended_at = ?, status = ? WHERE id = ?", (stamp, status, self.run_id))
             db.execute("DELETE FROM slot_leases WHERE run_id = ?", (self.run_id,))
             db.execute("DELETE FROM path_locks WHERE run_id = ?", (self.run_id,))
-            _event(db, "run_ended", run_id=self.run_id, detail={"status": status})
+            _event(db, "run_ended", run_id=self.run_id, detail={"status": status, "abandoned": len(held)})
+
+    def _requeue(self, db, leases, outcome: str, reason: str, stamp: float) -> None:
+        """End the attempts behind ``leases`` as an infrastructure outcome and requeue their specs."""
+        for lease in leases:
+            db.execute("UPDATE attempts SET ended_at = ?, outcome = ?, kind = 'infra', reason = ?"
+                       " WHERE id = ? AND ended_at IS NULL", (stamp, outcome, reason, lease["attempt_id"]))
+            state = db.execute("SELECT state FROM specs WHERE project = ? AND task_id = ?",
+                               (lease["project"], lease["task_id"])).fetchone()
+            if state is not None and state["state"] == SpecState.RUNNING.value:
+                self.store._transition(db, lease["project"], lease["task_id"], SpecState.QUEUED,
+                                       reason=f"infrastructure: {reason}", run_id=self.run_id)
 
     def heartbeat(self) -> None:
         """Prove this run is alive: renew the run and every lease and lock it holds."""
@@ -122,8 +142,12 @@ class LeaseBook:
 
     # -- the grant pass -------------------------------------------------------------------
 
-    def grant(self, project: str, nodes: Sequence[NodeInfo], limit: int | None = None) -> PassResult:
+    def grant(self, project: str, nodes: Sequence[NodeInfo], limit: int | None = None,
+              only: Collection[str] | None = None) -> PassResult:
         """One scheduling pass for ``project``: block the doomed, start what may start.
+
+        ``only`` limits the starts to the specs this run took on (a dispatch run never
+        starts a spec it has no pipeline for); blocking applies to the whole project.
 
         Reads the whole fleet's leases and the repository's locks, walks the ready specs in
         :func:`~.fleet.ordered` order and grants each the best node with a free slot whose
@@ -147,6 +171,8 @@ class LeaseBook:
                 self.store._transition(db, project, task_id, SpecState.BLOCKED, reason=reason, run_id=self.run_id)
                 result.blocked[task_id] = reason
             graph = SpecGraph(deps, {t: r["estimate_s"] for t, r in rows.items()})
+            if only is not None:
+                ready = [t for t in ready if t in only]
             ready = ordered(ready, {t: r["priority"] for t, r in rows.items()}, graph)
 
             used: dict[str, int] = {}
@@ -182,14 +208,30 @@ class LeaseBook:
                 result.granted.append(grant)
         return result
 
+    def expire(self) -> int:
+        """Reclaim what dead runs hold (see :meth:`_expire`); return how many leases."""
+        with self.store.transaction() as db:
+            return self._expire(db, now())
+
     def _expire(self, db, stamp: float) -> int:
-        expired = db.execute("SELECT node, slot, project, task_id, run_id FROM slot_leases WHERE expires_at < ?",
-                             (stamp,)).fetchall()
+        """Leases nobody renewed are void: free them and put their specs back in the queue.
+
+        The attempt ends as ``lost`` (an infrastructure outcome: it does not use one of the
+        spec's retries) and the run that stopped renewing is marked ``lost``.
+        """
+        expired = db.execute("SELECT * FROM slot_leases WHERE expires_at < ?", (stamp,)).fetchall()
         for lease in expired:
             _event(db, "lease_expired", lease["project"], lease["task_id"], self.run_id,
                    detail={"node": lease["node"], "slot": lease["slot"], "owner": lease["run_id"]})
+            self._requeue(db, [lease], "lost",
+                          f"lease on {lease['node']} expired: run {lease['run_id']} stopped renewing it", stamp)
         db.execute("DELETE FROM slot_leases WHERE expires_at < ?", (stamp,))
         db.execute("DELETE FROM path_locks WHERE expires_at < ?", (stamp,))
+        lost = db.execute("SELECT id FROM runs WHERE ended_at IS NULL AND heartbeat_at < ?",
+                          (stamp - self.ttl,)).fetchall()
+        for run in lost:
+            db.execute("UPDATE runs SET ended_at = ?, status = 'lost' WHERE id = ?", (stamp, run["id"]))
+            _event(db, "run_lost", run_id=run["id"], detail={"noticed_by": self.run_id})
         return len(expired)
 
     def _unavailable(self, db, stamp: float) -> set[str]:
@@ -201,9 +243,9 @@ class LeaseBook:
         project, task_id = row["project"], row["task_id"]
         number = db.execute("SELECT COALESCE(MAX(number), 0) + 1 FROM attempts WHERE project = ? AND task_id = ?",
                             (project, task_id)).fetchone()[0]
-        cursor = db.execute("INSERT INTO attempts (project, task_id, number, revision, run_id, node, started_at)"
-                            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                            (project, task_id, number, row["revision"], self.run_id, node, stamp))
+        cursor = db.execute("INSERT INTO attempts (project, task_id, number, revision, run_id, node, slot, started_at)"
+                            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                            (project, task_id, number, row["revision"], self.run_id, node, slot, stamp))
         attempt_id = cursor.lastrowid
         db.execute("INSERT INTO slot_leases (node, slot, project, task_id, run_id, attempt_id, acquired_at, expires_at)"
                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -218,30 +260,47 @@ class LeaseBook:
 
     # -- the end of an attempt ------------------------------------------------------------
 
-    def finish(self, grant: Grant, succeeded: bool, reason: str | None = None, infrastructure: bool = False) -> Outcome:
+    def finish(self, grant: Grant, succeeded: bool, reason: str | None = None, infrastructure: bool = False,
+               cancelled: bool = False) -> Outcome:
         """Release the slot and locks of ``grant`` and move the spec on.
 
-        Success -> ``completed``. An infrastructure failure (node unreachable, lost) ->
-        back to ``queued`` without using an attempt. A spec failure uses an attempt: back
-        to ``queued`` while ``retries`` allow, else ``failed``, and every queued or blocked
-        descendant becomes ``blocked`` naming it.
+        Success -> ``completed``. An infrastructure failure (node unreachable, lost) or a
+        cancellation by ``stop.yml`` -> back to ``queued`` without using an attempt. A spec
+        failure uses an attempt: back to ``queued`` while ``retries`` allow, else
+        ``failed``, and every queued descendant becomes ``blocked`` naming it.
+
+        If the lease is no longer this run's (it expired and the spec was requeued or taken
+        over), the late result changes nothing and the outcome says ``late``.
         """
         project, task_id = grant.project, grant.task_id
-        outcome = "succeeded" if succeeded else ("infra_failure" if infrastructure else "spec_failure")
+        if succeeded:
+            outcome = "succeeded"
+        elif cancelled:
+            outcome = "cancelled"
+        else:
+            outcome = "infra_failure" if infrastructure else "spec_failure"
         with self.store.transaction() as db:
+            held = db.execute("SELECT 1 FROM slot_leases WHERE project = ? AND task_id = ? AND run_id = ? AND attempt_id = ?",
+                              (project, task_id, self.run_id, grant.attempt_id)).fetchone()
+            if held is None:
+                _event(db, "late_result_ignored", project, task_id, self.run_id,
+                       detail={"attempt": grant.attempt, "outcome": outcome})
+                row = db.execute("SELECT state FROM specs WHERE project = ? AND task_id = ?", (project, task_id)).fetchone()
+                return Outcome(SpecState(row["state"]), late=True)
             db.execute("DELETE FROM slot_leases WHERE project = ? AND task_id = ? AND run_id = ?",
                        (project, task_id, self.run_id))
             db.execute("DELETE FROM path_locks WHERE project = ? AND task_id = ? AND run_id = ?",
                        (project, task_id, self.run_id))
+            kind = "cancel" if cancelled else ("infra" if infrastructure else "spec")
             db.execute("UPDATE attempts SET ended_at = ?, outcome = ?, reason = ?, kind = ? WHERE id = ?",
-                       (now(), outcome, reason, "infra" if infrastructure else "spec", grant.attempt_id))
+                       (now(), outcome, reason, kind, grant.attempt_id))
             row = db.execute("SELECT * FROM specs WHERE project = ? AND task_id = ?", (project, task_id)).fetchone()
             if succeeded:
                 self.store._transition(db, project, task_id, SpecState.COMPLETED, reason=None, run_id=self.run_id)
                 return Outcome(SpecState.COMPLETED)
-            if infrastructure:
-                self.store._transition(db, project, task_id, SpecState.QUEUED, reason=f"infrastructure: {reason}",
-                                       run_id=self.run_id)
+            if cancelled or infrastructure:
+                why = f"cancelled: {reason}" if cancelled else f"infrastructure: {reason}"
+                self.store._transition(db, project, task_id, SpecState.QUEUED, reason=why, run_id=self.run_id)
                 return Outcome(SpecState.QUEUED)
             used = row["attempts_used"] + 1
             if used <= row["retries"]:
@@ -253,6 +312,31 @@ class LeaseBook:
                                    extra_sets={"attempts_used": used})
             blocked = self._block_descendants(db, project, task_id)
             return Outcome(SpecState.FAILED, tuple(blocked))
+
+    # -- stopping -------------------------------------------------------------------------
+
+    def request_stop(self, project: str, mode: str) -> list[dict]:
+        """Ask every live run of ``project`` to stop (``drain`` or ``cancel``); return them.
+
+        A later ``cancel`` overrides a ``drain``; a ``drain`` never weakens a ``cancel``.
+        """
+        if mode not in ("drain", "cancel"):
+            raise ValueError(f"stop mode must be drain or cancel, not {mode!r}")
+        with self.store.transaction() as db:
+            self._expire(db, now())
+            runs = [dict(r) for r in db.execute("SELECT id, owner, started_at, heartbeat_at, stop FROM runs"
+                                                " WHERE project = ? AND kind = 'dispatch' AND ended_at IS NULL",
+                                                (project,))]
+            for run in runs:
+                new = "cancel" if "cancel" in (mode, run["stop"]) else "drain"
+                db.execute("UPDATE runs SET stop = ? WHERE id = ?", (new, run["id"]))
+                _event(db, "stop_requested", project, run_id=run["id"], detail={"mode": new})
+                run["stop"] = new
+        return runs
+
+    def stop_mode(self) -> str | None:
+        row = self.store.db.execute("SELECT stop FROM runs WHERE id = ?", (self.run_id,)).fetchone()
+        return row["stop"] if row else None
 
     def _block_descendants(self, db, project: str, task_id: str) -> list[str]:
         rows = db.execute("SELECT task_id, state, depends_on_json FROM specs WHERE project = ?", (project,)).fetchall()

@@ -160,6 +160,10 @@ CREATE TABLE path_locks (
 );
 CREATE INDEX path_locks_by_task ON path_locks(project, task_id);
 """),
+    (3, "stop requests on runs, the slot an attempt used", """
+ALTER TABLE runs ADD COLUMN stop TEXT CHECK (stop IN ('drain', 'cancel'));
+ALTER TABLE attempts ADD COLUMN slot INTEGER;
+"""),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

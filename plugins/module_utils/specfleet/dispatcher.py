@@ -1,0 +1,190 @@
+# Copyright: specfleet contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""One dispatch run of one project, as the strategy plugin sees it: every decision, no Ansible.
+
+The strategy asks :meth:`Dispatcher.step` on every pass of its loop and reports each
+spec's end with :meth:`Dispatcher.finish`. Everything else is here:
+
+* **which specs start now and where**: a :meth:`~.leases.LeaseBook.grant` pass against the
+  shared database, restricted to the specs this run took on. Passes run at once after a
+  spec of this run ends (its slot and locks are free) and otherwise every ``poll``
+  seconds, to see slots freed by other runs;
+* **which specs will not run in this run** and why: blocked by a failed dependency,
+  finished or failed elsewhere, no node could ever run their executor, or a stop request;
+* **heartbeats**: the run and its leases are renewed every ``ttl / 3`` seconds;
+* **node health**: an unreachable node (or one whose machinery failed: the pipeline
+  flags it) is quarantined and the spec goes back to the queue without using an
+  attempt; a node is healthy again once a spec on it ends normally. A spec that meets
+  ``infra_limit`` such failures in a row is not retried in this run (it stays queued, the
+  report names it), so a broken fleet ends the run instead of cycling forever;
+* **stop requests** from ``stop.yml``: ``drain`` starts nothing new, ``cancel`` also makes
+  the killed specs go back to the queue as ``cancelled`` attempts.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from .fleet import NodeInfo
+from .leases import Grant, LeaseBook, Outcome
+from .states import SpecState
+from .store import Store
+
+# How a spec's pipeline ended, as the strategy saw it.
+SUCCEEDED = "succeeded"
+FAILED = "failed"
+UNREACHABLE = "unreachable"     # the node did not answer: not the spec's fault
+INFRASTRUCTURE = "infrastructure"  # the pipeline says its own machinery failed (not the spec)
+ENDINGS = (SUCCEEDED, FAILED, UNREACHABLE, INFRASTRUCTURE)
+
+
+@dataclass
+class Step:
+    """What the strategy must do after one pass."""
+
+    start: list[Grant] = field(default_factory=list)
+    dropped: dict[str, str] = field(default_factory=dict)  # task id -> why it will not run in this run
+    done: bool = False
+
+
+@dataclass
+class Ended:
+    """What :meth:`Dispatcher.finish` decided for one spec."""
+
+    outcome: Outcome
+    requeued: bool       # the spec is pending again in this run
+    quarantined_until: float | None = None
+    gave_up: str | None = None  # why this run does not retry it although it is queued
+
+
+class Dispatcher:
+    """Pending and running specs of one run, and the calls into the shared store."""
+
+    def __init__(self, store: Store, project: str, task_ids: Iterable[str], nodes: Sequence[NodeInfo],
+                 run_id: str | None = None, ttl: float = 90.0, poll: float = 0.5, infra_limit: int = 3,
+                 clock: Callable[[], float] = time.monotonic):
+        self.store = store
+        self.project = project
+        self.nodes = list(nodes)
+        self.book = LeaseBook(store, run_id, ttl)
+        self.poll = poll
+        self.clock = clock
+        self.pending: set[str] = set(task_ids)
+        self.running: dict[str, Grant] = {}
+        self.stop: str | None = None
+        self.infra_limit = infra_limit
+        self.infra_streak: dict[str, int] = {}  # task id -> infrastructure endings in a row
+        self._due = 0.0          # next time a grant pass is due
+        self._beat_due = 0.0     # next heartbeat
+        self._opened = False
+
+    @property
+    def run_id(self) -> str:
+        return self.book.run_id
+
+    # -- the run --------------------------------------------------------------------------
+
+    def open(self, unreachable_nodes: Mapping[str, str] | None = None) -> None:
+        """Register the run and the nodes; quarantine nodes the preflight could not reach."""
+        self.book.open_run(self.project)
+        self._opened = True
+        self.book.sync_nodes(self.nodes)
+        for node, reason in sorted((unreachable_nodes or {}).items()):
+            self.book.quarantine(node, f"preflight: {reason}")
+
+    def close(self, status: str) -> None:
+        if self._opened:
+            self.book.close_run(status)
+            self._opened = False
+
+    def step(self, force: bool = False) -> Step:
+        """One pass: heartbeat when due, then (when due) stop requests, drops and grants."""
+        step = Step()
+        stamp = self.clock()
+        if stamp >= self._beat_due:
+            self.book.heartbeat()
+            self._beat_due = stamp + self.book.ttl / 3
+        if force or stamp >= self._due:
+            self._due = stamp + self.poll
+            self._pass(step)
+        step.done = not self.pending and not self.running
+        return step
+
+    def _pass(self, step: Step) -> None:
+        self.stop = self.book.stop_mode() or self.stop
+        if self.stop:
+            for task_id in sorted(self.pending):
+                step.dropped[task_id] = f"not started: {self.stop} requested by stop.yml"
+            self.pending.clear()
+            return
+        if not self.pending:
+            return
+        result = self.book.grant(self.project, self.nodes, only=self.pending)
+        for grant in result.granted:
+            self.pending.discard(grant.task_id)
+            self.running[grant.task_id] = grant
+            step.start.append(grant)
+        self._drop_settled(step)
+        self._drop_unrunnable(step)
+
+    def _drop_settled(self, step: Step) -> None:
+        """Pending specs that were settled meanwhile (blocked, or done by another run)."""
+        if not self.pending:
+            return
+        marks = ",".join("?" * len(self.pending))
+        rows = self.store.db.execute(f"SELECT task_id, state, reason FROM specs WHERE project = ? AND task_id IN ({marks})",
+                                     (self.project, *sorted(self.pending))).fetchall()
+        found = {r["task_id"]: r for r in rows}
+        for task_id in sorted(self.pending):
+            row = found.get(task_id)
+            if row is None:
+                step.dropped[task_id] = "no longer in the state store"
+            elif row["state"] not in (SpecState.QUEUED.value, SpecState.RUNNING.value):
+                step.dropped[task_id] = f"{row['state']}" + (f": {row['reason']}" if row["reason"] else "")
+        self.pending.difference_update(step.dropped)
+
+    def _drop_unrunnable(self, step: Step) -> None:
+        """Pending specs no node of the inventory could ever run (disabled, no slots, labels)."""
+        if not self.pending:
+            return
+        marks = ",".join("?" * len(self.pending))
+        rows = self.store.db.execute(f"SELECT task_id, executor FROM specs WHERE project = ? AND task_id IN ({marks})",
+                                     (self.project, *sorted(self.pending))).fetchall()
+        for row in rows:
+            executor = row["executor"]
+            if not any(n.enabled and n.slots > 0 and n.runs(executor) for n in self.nodes):
+                step.dropped[row["task_id"]] = (f"cannot run: no enabled node with slots runs executor {executor}"
+                                                if executor else "cannot run: no enabled node has slots")
+                self.pending.discard(row["task_id"])
+
+    # -- the end of one spec --------------------------------------------------------------
+
+    def finish(self, task_id: str, ending: str, reason: str | None = None) -> Ended:
+        """Record how ``task_id``'s pipeline ended (one of :data:`ENDINGS`) and move it on."""
+        if ending not in ENDINGS:
+            raise ValueError(f"unknown ending {ending!r}; expected one of {', '.join(ENDINGS)}")
+        grant = self.running.pop(task_id)
+        self._due = 0.0  # a slot is free: the next step grants at once
+        until = None
+        infra = ending in (UNREACHABLE, INFRASTRUCTURE)
+        if infra:
+            until = self.book.quarantine(grant.node, f"{ending}: {reason or 'no reason given'}")
+            self.infra_streak[task_id] = self.infra_streak.get(task_id, 0) + 1
+        else:
+            self.book.node_healthy(grant.node)
+            self.infra_streak.pop(task_id, None)
+        if ending == SUCCEEDED:
+            outcome = self.book.finish(grant, True)
+        elif self.stop == "cancel":
+            outcome = self.book.finish(grant, False, reason or "stopped", cancelled=True)
+        else:
+            outcome = self.book.finish(grant, False, reason, infrastructure=infra)
+        requeued = outcome.state is SpecState.QUEUED and not outcome.late and not self.stop
+        gave_up = None
+        if requeued and self.infra_streak.get(task_id, 0) >= self.infra_limit:
+            requeued = False
+            gave_up = f"not retried in this run after {self.infra_limit} infrastructure failures in a row; it stays queued"
+        elif requeued:
+            self.pending.add(task_id)
+        return Ended(outcome, requeued, until, gave_up)

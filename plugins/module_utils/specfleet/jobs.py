@@ -1,0 +1,235 @@
+# Copyright: specfleet contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""A spec's job on a worker node: detached, recorded in files, waited on, cancelled.
+
+Each attempt gets a *run directory* ``<work root>/runs/<project>/<task id>/<attempt>-<run id>``
+on its node. The job is started detached (``setsid``), so it survives the SSH session,
+a dropped connection and the controller; everything about it is a file there:
+
+=================  =========================================================
+``command.sh``     what runs (environment exports, ``cd``, the command)
+``wrapper_pid``    the supervising shell; alive until ``exit_code`` is written
+``job_pid``        process group of the command (what ``cancel`` signals)
+``started_at``     node clock, seconds since the epoch
+``ended_at``       node clock, when the command ended
+``exit_code``      written last, atomically: its presence means "finished"
+``output.log``     the command's stdout and stderr
+``cancelled``      written by ``stop.yml -e cancel=true`` before it signals
+=================  =========================================================
+
+Waiting is one remote command per segment that blocks until ``exit_code`` appears or
+the wrapper is gone, so a waiting spec costs no SSH polling traffic; a dropped connection only ends a
+segment and the caller reconnects (see the ``specfleet_job`` action plugin).
+
+This module only builds POSIX ``sh`` scripts and parses their output; the tests run
+them with a real ``sh``.
+"""
+from __future__ import annotations
+
+import base64
+import re
+import shlex
+from dataclasses import dataclass
+
+SAFE_COMPONENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+MAX_COMMAND_BYTES = 256 * 1024
+TIMEOUT_EXIT = 124          # GNU timeout's status when the time limit hit
+KILL_GRACE_S = 30           # SIGTERM, then SIGKILL this much later
+
+
+class JobError(ValueError):
+    pass
+
+
+def shell_path(path: str) -> str:
+    """``path`` quoted for ``sh``; a leading ``~/`` becomes ``"$HOME"/``."""
+    if not path:
+        raise JobError("empty path")
+    if path == "~":
+        return '"$HOME"'
+    if path.startswith("~/"):
+        return '"$HOME"/' + shlex.quote(path[2:])
+    if path.startswith("~"):
+        raise JobError(f"{path!r}: only ~/ (the login user's home) is supported")
+    return shlex.quote(path)
+
+
+def component(value: object, what: str) -> str:
+    text = str(value)
+    if not SAFE_COMPONENT.match(text) or text in (".", ".."):
+        raise JobError(f"{what} {text!r} cannot be used in a path: letters, digits, '.', '_' and '-' only")
+    return text
+
+
+def _project_path(project: str) -> list[str]:
+    # Project names may be folder paths ("team/app"): each part must be a safe component.
+    return [component(part, "project") for part in str(project).split("/")]
+
+
+def run_dir(root: str, project: str, task_id: str, attempt: int | str, run_id: str) -> str:
+    """``<root>/runs/<project>/<task id>/<attempt>-<run id>``: unique even if the database is replaced."""
+    return "/".join([root.rstrip("/") or "/", "runs", *_project_path(project), component(task_id, "task id"),
+                     component(f"{attempt}-{run_id}", "attempt and run id")])
+
+
+def workspace_dir(root: str, project: str, task_id: str) -> str:
+    return "/".join([root.rstrip("/") or "/", "workspaces", *_project_path(project), component(task_id, "task id")])
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def command_script(command: str, workdir: str, env: dict[str, str]) -> str:
+    if not command or not command.strip():
+        raise JobError("the job's command is empty")
+    lines = ["# written by specfleet: the job of one attempt"]
+    for name, value in sorted(env.items()):
+        if not ENV_NAME.match(name):
+            raise JobError(f"environment variable name {name!r} is not valid")
+        lines.append(f"export {name}={shlex.quote(str(value))}")
+    lines += ['export SPECFLEET_RUN_DIR="$PWD"', f"cd {shell_path(workdir)} || exit 125",
+              'export SPECFLEET_WORKSPACE="$PWD"', command, ""]
+    script = "\n".join(lines)
+    if len(script.encode()) > MAX_COMMAND_BYTES:
+        raise JobError(f"the job's command is {len(script.encode())} bytes; at most {MAX_COMMAND_BYTES}")
+    return script
+
+
+WRAPPER = """\
+cd "$(dirname "$0")" || exit 125
+echo $$ > wrapper_pid.tmp && mv wrapper_pid.tmp wrapper_pid
+date +%s.%N > started_at
+setsid sh -c 'echo $$ > job_pid.tmp && mv job_pid.tmp job_pid && exec timeout -k {kill} {timeout} sh ./command.sh' \
+    > output.log 2>&1 < /dev/null &
+wait $!
+rc=$?
+date +%s.%N > ended_at
+echo $rc > exit_code.tmp && mv exit_code.tmp exit_code
+"""
+
+
+def launch_script(run: str, workdir: str, command: str, env: dict[str, str], timeout_s: int) -> str:
+    """Start the job unless this run directory already has one; print STARTED or ATTACHED."""
+    if int(timeout_s) <= 0:
+        raise JobError(f"timeout must be positive, not {timeout_s}")
+    wrapper = WRAPPER.format(kill=KILL_GRACE_S, timeout=int(timeout_s))
+    run_q, work_q = shell_path(run), shell_path(workdir)
+    return (
+        f"umask 077; mkdir -p {run_q} {work_q} && cd {run_q} || exit 1\n"
+        "if [ -e wrapper_pid ]; then echo ATTACHED; exit 0; fi\n"
+        f"printf %s {_b64(command_script(command, workdir, env))} | base64 -d > command.sh\n"
+        f"printf %s {_b64(wrapper)} | base64 -d > wrapper.sh\n"
+        "(setsid sh ./wrapper.sh < /dev/null > /dev/null 2>&1 &)\n"
+        "i=0; while [ ! -e wrapper_pid ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done\n"
+        "[ -e wrapper_pid ] && echo STARTED || { echo 'the job did not start' >&2; exit 1; }\n"
+    )
+
+
+WAITER = """\
+import os, sys, time
+run, segment = sys.argv[1], float(sys.argv[2])
+def read(name):
+    try:
+        with open(os.path.join(run, name)) as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+def alive(pid):
+    # A zombie waiting for init to reap it has ended: look at /proc before trusting kill -0.
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+    except OSError:
+        pass
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+pid = read("wrapper_pid")
+if not pid.isdigit():
+    print("STATUS=missing")
+    sys.exit(0)
+deadline = time.monotonic() + segment
+while not os.path.exists(os.path.join(run, "exit_code")) and alive(int(pid)) and time.monotonic() < deadline:
+    time.sleep(0.2)
+if os.path.exists(os.path.join(run, "exit_code")):
+    status = "finished"
+else:
+    status = "running" if alive(int(pid)) else "lost"
+print("STATUS=" + status)
+print("EXIT=" + read("exit_code"))
+print("STARTED=" + read("started_at"))
+print("ENDED=" + read("ended_at"))
+print("CANCELLED=%d" % os.path.exists(os.path.join(run, "cancelled")))
+print("OUTPUT")
+try:
+    with open(os.path.join(run, "output.log"), "rb") as f:
+        f.seek(0, 2)
+        f.seek(max(0, f.tell() - 4096))
+        sys.stdout.write(f.read().decode("utf-8", "replace"))
+except OSError:
+    pass
+"""
+
+
+def wait_script(run: str, segment_s: int, python: str = "python3") -> str:
+    """Block until the job ends or ``segment_s`` passes; print one status block.
+
+    The waiter is a small Python loop on the node (Ansible needs Python there anyway):
+    one process per waiting spec, a ``stat`` every 0.2 s, no forks.
+    """
+    return f"{shlex.quote(python)} -c {shlex.quote(WAITER)} {shell_path(run)} {int(segment_s)}\n"
+
+
+def cancel_script(run: str, reason: str) -> str:
+    """Mark the job cancelled and signal its process group (TERM, KILL after the grace)."""
+    return (
+        f"cd {shell_path(run)} 2>/dev/null || exit 0\n"
+        "[ -e exit_code ] && { echo ALREADY_ENDED; exit 0; }\n"
+        f"printf '%s\\n' {shlex.quote(reason)} > cancelled\n"
+        "[ -e job_pid ] || { echo NOT_STARTED; exit 0; }\n"
+        "pg=$(cat job_pid); kill -TERM -$pg 2>/dev/null\n"
+        f"i=0; while kill -0 -$pg 2>/dev/null && [ $i -lt {KILL_GRACE_S * 4} ]; do sleep 0.25; i=$((i+1)); done\n"
+        "kill -KILL -$pg 2>/dev/null; echo SIGNALLED\n"
+    )
+
+
+@dataclass
+class JobStatus:
+    status: str                  # finished, running, lost, missing
+    exit_code: int | None = None
+    started_at: float | None = None
+    ended_at: float | None = None
+    cancelled: bool = False
+    output_tail: str = ""
+
+
+def parse_wait(stdout: str) -> JobStatus:
+    head, _, tail = stdout.partition("OUTPUT\n")
+    if not tail and stdout.rstrip().endswith("OUTPUT"):
+        head = stdout.rstrip()[: -len("OUTPUT")]
+    fields: dict[str, str] = {}
+    for line in head.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            fields[key.strip()] = value.strip()
+    status = fields.get("STATUS")
+    if status not in ("finished", "running", "lost", "missing"):
+        raise JobError(f"unexpected answer from the node: {stdout[:200]!r}")
+
+    def number(key: str) -> float | None:
+        try:
+            return float(fields[key])
+        except (KeyError, ValueError):
+            return None
+
+    code = fields.get("EXIT")
+    return JobStatus(status, int(code) if code not in (None, "") and code.lstrip("-").isdigit() else None,
+                     number("STARTED"), number("ENDED"), fields.get("CANCELLED") == "1", tail)

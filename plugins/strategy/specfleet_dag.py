@@ -1,0 +1,231 @@
+# Copyright: specfleet contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""specfleet_dag: run spec hosts in dependency order on fleet-wide slots.
+
+DOCUMENTATION:
+    name: specfleet_dag
+    short_description: DAG-ordered, slot-limited dispatch of specfleet spec hosts
+    description:
+      - The play's hosts are specs (added by C(add_host) in an earlier play, one per spec,
+        with C(specfleet_project), C(specfleet_task_id), C(specfleet_db) and
+        C(specfleet_run_id)); every task is delegated to C(specfleet_node).
+      - This plugin only decides I(when) a spec host may start and I(on which node). The
+        decisions are made by C(specfleet.dispatcher) (plain Python, unit-tested) against
+        the shared SQLite state store; Ansible's C(free) strategy runs the tasks.
+      - Order among specs whose dependencies are done - lowest first -
+        C((priority, -longest remaining path of estimates, task id)).
+      - A spec starts only when every C(depends_on) spec is completed, a node whose labels
+        allow its executor has a free slot (a lease in the database, shared by every run and
+        project) and no running spec holds a path lock overlapping its C(modifies).
+      - An unreachable spec host is charged to its node: the node is quarantined with
+        backoff and the spec is queued again without using an attempt.
+      - The worker pool grows with the number of running specs (one waiting worker each).
+
+Ansible-core 2.19 warns once per run that non-builtin strategies are deprecated; the
+plugin is kept to this one class so that moving off the interface touches one file.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from ansible import constants as C
+from ansible.errors import AnsibleError
+from ansible.executor.play_iterator import HostState
+from ansible.plugins.strategy.free import StrategyModule as FreeStrategy
+from ansible.utils.display import Display
+
+_CORE = str(Path(__file__).resolve().parents[1] / "module_utils")
+if _CORE not in sys.path:
+    sys.path.insert(0, _CORE)
+
+from specfleet import dispatcher as policy  # noqa: E402
+from specfleet.fleet import NodeInfo  # noqa: E402
+from specfleet.store import Store  # noqa: E402
+
+display = Display()
+NODE_GROUP = "specfleet_nodes"
+IDLE_SLEEP = 0.05  # extra pause of a pass in which nothing happened (no result, no start)
+
+
+class StrategyModule(FreeStrategy):
+    """The ``free`` loop over the spec hosts the dispatcher has started, nothing more."""
+
+    def __init__(self, tqm):
+        super().__init__(tqm)
+        self._last_failure: dict[str, str] = {}  # host name -> first line of its last failure
+        self._infra: dict[str, str] = {}         # host name -> the pipeline says its machinery failed
+
+    def run(self, iterator, play_context):
+        self._iterator = iterator
+        hosts = {h.name: h for h in self._inventory.get_hosts(iterator._play.hosts, order=iterator._play.order)}
+        self._spec_hosts = hosts
+        self._running: dict[str, object] = {}   # task id -> Host
+        self._finished: list = []
+        self._dispatcher = self._open(hosts)
+        status = "failed"
+        try:
+            result = super().run(iterator, play_context)
+            status = "stopped" if self._dispatcher.stop else ("ok" if result == self._tqm.RUN_OK else "failed")
+            return result
+        finally:
+            self._dispatcher.close(status)
+            self._dispatcher.store.close()
+
+    # -- setting up -----------------------------------------------------------------------
+
+    def _open(self, hosts):
+        first = next(iter(hosts.values()))
+        fixed = {k: first.vars.get(k) for k in ("specfleet_project", "specfleet_db", "specfleet_run_id")}
+        missing = [k for k, v in fixed.items() if not v]
+        if missing:
+            raise AnsibleError(f"host {first.name} is not a spec host (missing {', '.join(missing)}): the "
+                               "specfleet_dag strategy runs over the hosts that specfleet_feed's play adds")
+        others = sorted({h.vars.get("specfleet_project") for h in hosts.values()} - {fixed["specfleet_project"]})
+        if others:
+            raise AnsibleError(f"one dispatch play runs one project; found {fixed['specfleet_project']} and {others}")
+        nodes, unreachable = self._nodes()
+        task_ids = {h.vars["specfleet_task_id"]: h for h in hosts.values()}
+        self._by_task = task_ids
+        engine = policy.Dispatcher(Store(fixed["specfleet_db"]), fixed["specfleet_project"], task_ids, nodes,
+                                   run_id=fixed["specfleet_run_id"])
+        engine.open(unreachable)
+        for name, reason in sorted(unreachable.items()):
+            display.warning(f"{name} is quarantined: the preflight could not reach it ({reason})")
+        return engine
+
+    def _nodes(self):
+        """The worker nodes from the inventory, and those the preflight play could not reach."""
+        names = self._inventory.get_groups_dict().get(NODE_GROUP, [])
+        if not names:
+            raise AnsibleError(f"the inventory has no group {NODE_GROUP}: nowhere to run specs")
+        nodes, unreachable = [], {}
+        for name in names:
+            host = self._inventory.get_host(name)
+            hostvars = self._variable_manager.get_vars(play=self._iterator._play, host=host)
+            try:
+                nodes.append(NodeInfo.from_vars(name, {k: hostvars.get(k) for k in (
+                    "specfleet_slots", "specfleet_node_priority", "specfleet_executor_labels", "specfleet_enabled")
+                    if hostvars.get(k) is not None}))
+            except (TypeError, ValueError) as exc:
+                raise AnsibleError(f"inventory host {name}: {exc}") from exc
+            preflight = hostvars.get("specfleet_preflight") or {}
+            if name in self._tqm._unreachable_hosts or preflight.get("unreachable"):
+                unreachable[name] = str(preflight.get("msg") or "unreachable").splitlines()[0][:200]
+        return nodes, unreachable
+
+    # -- the hook the free loop calls every pass --------------------------------------------
+
+    def get_hosts_left(self, iterator):
+        """Spec hosts with work in flight or to queue; blocks while only waiting is left."""
+        engine = self._dispatcher
+        changed = self._collect_ended(iterator)
+        while True:
+            step = engine.step(force=changed)
+            self._drop(iterator, step.dropped)
+            for grant in step.start:
+                self._start(grant)
+            if step.done:
+                # Non-empty and finished: the free loop sees no work and ends quietly.
+                return self._finished[-1:] or list(self._spec_hosts.values())[:1]
+            if self._running:
+                break
+            time.sleep(engine.poll)  # nothing of ours runs: wait for slots freed elsewhere
+            changed = False
+        if not step.start and not changed and not self._results:
+            time.sleep(IDLE_SLEEP)
+        self._grow_workers()
+        return list(self._running.values())
+
+    def _start(self, grant) -> None:
+        host = self._by_task[grant.task_id]
+        for var, value in (("specfleet_node", grant.node), ("specfleet_slot", grant.slot),
+                           ("specfleet_attempt", grant.attempt)):
+            self._variable_manager.set_host_variable(host.name, var, value)
+        self._running[grant.task_id] = host
+        display.display(f"{host.name}: started on {grant.node} (slot {grant.slot}, attempt {grant.attempt})",
+                        color=C.COLOR_HIGHLIGHT)
+
+    def _collect_ended(self, iterator) -> bool:
+        """Report every started spec whose pipeline has ended; True if any did."""
+        ended = False
+        for task_id, host in list(self._running.items()):
+            name = host.name
+            if self._blocked_hosts.get(name, False):
+                continue
+            unreachable = name in self._tqm._unreachable_hosts
+            if not unreachable and iterator.get_next_task_for_host(host, peek=True)[1] is not None:
+                continue
+            ended = True
+            del self._running[task_id]
+            failure = self._last_failure.pop(name, "pipeline failed")
+            infra = self._infra.pop(name, None)
+            if unreachable:
+                ending, reason = policy.UNREACHABLE, failure
+            elif not iterator.is_failed(host):
+                ending, reason = policy.SUCCEEDED, None
+            elif infra:
+                ending, reason = policy.INFRASTRUCTURE, infra
+            else:
+                ending, reason = policy.FAILED, failure
+            done = self._dispatcher.finish(task_id, ending, reason)
+            self._report(host, ending, reason, done)
+            if done.requeued:
+                self._reset(iterator, host, ending)
+            else:
+                self._finished.append(host)
+        return ended
+
+    def _report(self, host, ending, reason, done) -> None:
+        if ending == policy.SUCCEEDED:
+            return
+        state = done.outcome.state.value
+        line = f"{host.name}: {ending} ({reason}); now {state}"
+        if done.quarantined_until:
+            line += f"; node quarantined for {done.quarantined_until - time.time():.0f} s"
+        if done.outcome.blocked:
+            line += f"; blocked: {', '.join(done.outcome.blocked)}"
+        if done.gave_up:
+            line += f"; {done.gave_up}"
+        if done.outcome.late:
+            line += "; its lease had expired, so the result was not recorded"
+        display.display(line, color=C.COLOR_WARN if done.requeued else C.COLOR_ERROR)
+
+    def _reset(self, iterator, host, ending) -> None:
+        """Make a requeued spec host start its pipeline from the top on its next grant."""
+        name = host.name
+        iterator.set_state_for_host(name, HostState(blocks=iterator._blocks))
+        self._tqm._unreachable_hosts.pop(name, None)
+        self._tqm._failed_hosts.pop(name, None)
+        removed = iterator._play._removed_hosts
+        removed[:] = [h for h in removed if h != name]
+        # The recap describes the spec's final outcome; the requeue is in the log above.
+        self._tqm._stats.decrement("dark" if ending == policy.UNREACHABLE else "failures", name)
+
+    def _drop(self, iterator, dropped) -> None:
+        for task_id, reason in sorted(dropped.items()):
+            host = self._by_task[task_id]
+            iterator.end_host(host.name)
+            self._tqm._stats.increment("skipped", host.name)
+            self._finished.append(host)
+            display.display(f"{host.name}: not run: {reason}", color=C.COLOR_SKIP)
+
+    def _grow_workers(self) -> None:
+        """One worker per running spec (plus one), since each waits in a worker."""
+        missing = len(self._running) + 1 - len(self._workers)
+        if missing > 0:
+            self._workers.extend([None] * missing)
+
+    # -- results: remember what the pipeline said about its own failures --------------------
+
+    def _process_pending_results(self, iterator, one_pass=False, max_passes=None):
+        results = super()._process_pending_results(iterator, one_pass, max_passes)
+        for result in results:
+            data = result._return_data
+            if not isinstance(data, dict) or not (data.get("failed") or data.get("unreachable")):
+                continue
+            self._last_failure[result.host.name] = str(data.get("msg") or "failed").splitlines()[0][:300]
+            if data.get("specfleet_infrastructure") and not result.task.ignore_errors:
+                self._infra[result.host.name] = self._last_failure[result.host.name]
+        return results
