@@ -43,12 +43,12 @@ class ActionModule(ActionBase):
         if fed is None:
             return dict(result, failed=True, changed=False, msg=report.summary())
         result.update(changed=fed.changed, feed=fed.as_dict())
+        result["run_id"] = controller.new_run_id()
         if self._task.check_mode:
             result["runnable"] = []
         else:
             try:
                 result["runnable"] = controller.plan(str(db), args["project"])
-                result["run_id"] = controller.new_run_id()
             except StoreError as exc:
                 return dict(result, failed=True, msg=f"state store {db}: {exc}")
         return result

@@ -35,20 +35,32 @@ def test_bootstrap_limited_to_one_node_then_all_and_idempotent(cluster, fleet):
     assert {h: c["changed"] for h, c in recap(again.output).items()} == {"node-1": 0, "node-2": 0, "node-3": 0}
 
 
-def test_dispatch_queues_the_example_checks_nodes_and_says_it_stopped(fleet):
+JOB = "-e", "specfleet_job_command=true"
+
+
+def test_dispatch_without_a_job_command_says_why_and_queues_nothing(fleet):
     run = fleet.playbook("dispatch.yml", "-e", "project=clawmarketing")
+    assert run.returncode == 2
+    assert "The coding-agent runner is not built yet" in run.output
+    assert "Check the worker nodes" not in run.output
+    assert not fleet.db.exists()
+
+
+def test_dispatch_runs_the_example_in_order_then_has_nothing_left(fleet):
+    run = fleet.playbook("dispatch.yml", "-e", "project=clawmarketing", *JOB)
     assert run.returncode == 0, run.output
     counts = recap(run.output)
     assert {h: counts[h]["ok"] for h in ("node-1", "node-2", "node-3")} == {"node-1": 1, "node-2": 1, "node-3": 1}
-    assert "STOPPED: dispatching specs to agents is not implemented" in run.output
+    assert "clawmarketing: 8 specs in this run: 8 completed" in run.output
     db = sqlite3.connect(fleet.db)
     states = db.execute("SELECT state, count(*) FROM specs WHERE project = 'clawmarketing' GROUP BY state").fetchall()
-    assert states == [("queued", 8)]
+    assert states == [("completed", 8)]
     events = db.execute("SELECT count(*) FROM events").fetchone()[0]
 
-    again = fleet.playbook("dispatch.yml", "-e", "project=clawmarketing")
-    assert again.returncode == 0
+    again = fleet.playbook("dispatch.yml", "-e", "project=clawmarketing", *JOB)
+    assert again.returncode == 0, again.output
     assert recap(again.output)["localhost"]["changed"] == 0
+    assert "clawmarketing: 0 specs in this run" in again.output
     assert db.execute("SELECT count(*) FROM events").fetchone()[0] == events
 
 
@@ -58,7 +70,7 @@ def test_dispatch_of_an_invalid_project_queues_nothing_and_touches_no_node(fleet
     (folder / "project.yml").write_text(f"repository: {fleet.home / 'repos' / 'clawmarketing'}\nverify: x\n")
     (folder / "S01.md").write_text(spec_text("S01", modifies=["backend/app.py"]))
     (folder / "S02.md").write_text(spec_text("S02", modifies=["backend/app.py"], depends_on="S01"))
-    run = fleet.playbook("dispatch.yml", "-e", "project=bad", "-e", f"specfleet_specs_root={tmp_path / 'specs'}")
+    run = fleet.playbook("dispatch.yml", "-e", "project=bad", "-e", f"specfleet_specs_root={tmp_path / 'specs'}", *JOB)
     assert run.returncode == 2
     assert "S02.md:4: field 'depends_on': value must be of type array, not 'S01'" in run.output
     assert "Check the worker nodes" not in run.output
@@ -74,7 +86,7 @@ def test_unknown_host_in_limit_is_an_error(fleet):
 
 
 def test_check_mode_reports_what_would_be_queued_and_writes_nothing(fleet):
-    run = fleet.playbook("dispatch.yml", "--check", "-e", "project=clawmarketing")
+    run = fleet.playbook("dispatch.yml", "--check", "-e", "project=clawmarketing", *JOB)
     assert run.returncode == 0, run.output
     assert recap(run.output)["localhost"]["changed"] == 1  # it would add the 8 specs
     count = sqlite3.connect(fleet.db).execute("SELECT count(*) FROM specs").fetchone()[0]

@@ -226,9 +226,10 @@ def test_stop_leaves_no_process_and_closes_ports(tmp_path: Path) -> None:
         _ping(c)  # leaves ControlPersist masters in c.cp_dir
         masters = [_identity(pid) for pid in _master_pids(c)]
         assert len(masters) == 3
-        # A login shell with a child, as a long task would have.
+        # A long remote command. (With "sleep; true" the shell could outlive a killed sleep
+        # and report exit 0 before the connection dropped, so the check below would race.)
         spec = c.nodes[0]
-        client = _session(c, spec, "sleep 3141; true")
+        client = _session(c, spec, "exec sleep 3141")
         listeners = _listener_pids(c)
 
         def tree_with_sleep() -> set[tuple[int, int]] | None:
@@ -236,7 +237,7 @@ def test_stop_leaves_no_process_and_closes_ports(tmp_path: Path) -> None:
             return tree if any("sleep 3141" in _cmdline(pid) for pid, _ in tree) else None
 
         tree = _wait_for(tree_with_sleep, what="remote sleep under the node's sshd")
-        assert len(tree) > len(listeners) + 1  # per-connection sshds, the shell, sleep
+        assert len(tree) > len(listeners) + 1  # per-connection sshds and the sleep
     finally:
         c.stop()
     for ident in tree | set(masters):

@@ -22,6 +22,7 @@ spec's end with :meth:`Dispatcher.finish`. Everything else is here:
 """
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -75,6 +76,7 @@ class Dispatcher:
         self.stop: str | None = None
         self.infra_limit = infra_limit
         self.infra_streak: dict[str, int] = {}  # task id -> infrastructure endings in a row
+        self.abandoned: set[str] = set()         # still queued, but this run will not run them
         self._due = 0.0          # next time a grant pass is due
         self._beat_due = 0.0     # next heartbeat
         self._opened = False
@@ -118,6 +120,7 @@ class Dispatcher:
                 step.dropped[task_id] = f"not started: {self.stop} requested by stop.yml"
             self.pending.clear()
             return
+        self._drop_orphans(step)
         if not self.pending:
             return
         result = self.book.grant(self.project, self.nodes, only=self.pending)
@@ -127,6 +130,7 @@ class Dispatcher:
             step.start.append(grant)
         self._drop_settled(step)
         self._drop_unrunnable(step)
+        self._drop_orphans(step)
 
     def _drop_settled(self, step: Step) -> None:
         """Pending specs that were settled meanwhile (blocked, or done by another run)."""
@@ -157,6 +161,26 @@ class Dispatcher:
                 step.dropped[row["task_id"]] = (f"cannot run: no enabled node with slots runs executor {executor}"
                                                 if executor else "cannot run: no enabled node has slots")
                 self.pending.discard(row["task_id"])
+                self.abandoned.add(row["task_id"])
+
+    def _drop_orphans(self, step: Step) -> None:
+        """Pending specs that depend on a spec this run gave up on would wait forever: drop them."""
+        if not self.pending or not self.abandoned:
+            return
+        marks = ",".join("?" * len(self.pending))
+        deps = {r["task_id"]: json.loads(r["depends_on_json"]) for r in self.store.db.execute(
+            f"SELECT task_id, depends_on_json FROM specs WHERE project = ? AND task_id IN ({marks})",
+            (self.project, *sorted(self.pending)))}
+        changed = True
+        while changed:
+            changed = False
+            for task_id in sorted(self.pending):
+                missing = [d for d in deps.get(task_id, ()) if d in self.abandoned]
+                if missing:
+                    step.dropped[task_id] = f"not started: dependency {missing[0]} is not run in this run"
+                    self.pending.discard(task_id)
+                    self.abandoned.add(task_id)
+                    changed = True
 
     # -- the end of one spec --------------------------------------------------------------
 
@@ -185,6 +209,7 @@ class Dispatcher:
         if requeued and self.infra_streak.get(task_id, 0) >= self.infra_limit:
             requeued = False
             gave_up = f"not retried in this run after {self.infra_limit} infrastructure failures in a row; it stays queued"
+            self.abandoned.add(task_id)
         elif requeued:
             self.pending.add(task_id)
         return Ended(outcome, requeued, until, gave_up)

@@ -105,6 +105,13 @@ setsid sh -c 'echo $$ > job_pid.tmp && mv job_pid.tmp job_pid && exec timeout -k
     > output.log 2>&1 < /dev/null &
 wait $!
 rc=$?
+# The slot is free only when every process of the job is gone, not just its shell.
+pg=$(cat job_pid 2>/dev/null)
+if [ -n "$pg" ]; then
+    i=0
+    while kill -0 -$pg 2>/dev/null && [ $i -lt {ticks} ]; do sleep 0.1; i=$((i+1)); done
+    kill -KILL -$pg 2>/dev/null
+fi
 date +%s.%N > ended_at
 echo $rc > exit_code.tmp && mv exit_code.tmp exit_code
 """
@@ -114,7 +121,7 @@ def launch_script(run: str, workdir: str, command: str, env: dict[str, str], tim
     """Start the job unless this run directory already has one; print STARTED or ATTACHED."""
     if int(timeout_s) <= 0:
         raise JobError(f"timeout must be positive, not {timeout_s}")
-    wrapper = WRAPPER.format(kill=KILL_GRACE_S, timeout=int(timeout_s))
+    wrapper = WRAPPER.format(kill=KILL_GRACE_S, timeout=int(timeout_s), ticks=KILL_GRACE_S * 10)
     run_q, work_q = shell_path(run), shell_path(workdir)
     return (
         f"umask 077; mkdir -p {run_q} {work_q} && cd {run_q} || exit 1\n"

@@ -99,6 +99,9 @@ class LeaseBook:
     def _requeue(self, db, leases, outcome: str, reason: str, stamp: float) -> None:
         """End the attempts behind ``leases`` as an infrastructure outcome and requeue their specs."""
         for lease in leases:
+            # A spec's locks go with its lease, whatever their own expiry says.
+            db.execute("DELETE FROM path_locks WHERE project = ? AND task_id = ? AND run_id = ?",
+                       (lease["project"], lease["task_id"], lease["run_id"]))
             db.execute("UPDATE attempts SET ended_at = ?, outcome = ?, kind = 'infra', reason = ?"
                        " WHERE id = ? AND ended_at IS NULL", (stamp, outcome, reason, lease["attempt_id"]))
             state = db.execute("SELECT state FROM specs WHERE project = ? AND task_id = ?",
