@@ -16,4 +16,11 @@ if [ "$keep" -eq 0 ]; then
     trap 'python tools/localcluster.py down >/dev/null' EXIT
 fi
 ansible-playbook bootstrap.yml
-ansible-playbook dispatch.yml -e project=clawmarketing
+# The agent runner is not built yet: each spec's job only says what it would hand to an
+# agent. A separate database keeps the demo from marking the example specs done for real.
+home="${SPECFLEET_HOME:-$HOME/.local/state/specfleet}"
+export SPECFLEET_DB="$home/demo.db"
+rm -f "$SPECFLEET_DB" "$SPECFLEET_DB-wal" "$SPECFLEET_DB-shm"
+ansible-playbook dispatch.yml -e project=clawmarketing \
+    -e 'specfleet_job_command=echo "would hand $SPECFLEET_TASK_ID to an agent, then run: $SPECFLEET_VERIFY"; sleep 1'
+echo "STOPPED: the specs were scheduled and run as placeholder jobs; the coding-agent runner is not built yet."

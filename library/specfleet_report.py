@@ -1,0 +1,54 @@
+# Copyright: specfleet contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# The work is done by the action plugin plugins/action/specfleet_report.py on the controller;
+# this file carries the documentation.
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: specfleet_report
+short_description: Say where every spec of a dispatch run ended; fail unless all completed
+description:
+  - Reads the state store and reports, for the specs a dispatch run took on, how many ended in
+    each state and, for every spec that did not complete, its state and reason (for example
+    C(S03 blocked: dependency S02 failed)).
+  - Fails when any of them did not complete, so C(dispatch.yml) exits non-zero.
+options:
+  project:
+    description: Project name.
+    type: str
+    required: true
+  run_id:
+    description: The dispatch run (counts its attempts per spec).
+    type: str
+  task_ids:
+    description: The specs the run took on.
+    type: list
+    elements: str
+    default: []
+  db:
+    description: As for M(specfleet_feed).
+    type: path
+attributes:
+  check_mode:
+    support: full
+notes:
+  - Runs on the controller; target C(localhost).
+author:
+  - specfleet contributors
+"""
+
+RETURN = r"""
+summary:
+  description: One line, e.g. C(demo: 8 specs in this run: 1 blocked, 6 completed, 1 failed).
+  type: str
+  returned: always
+by_state:
+  description: Task ids per state.
+  type: dict
+  returned: always
+attempts:
+  description: Attempts this run made, per task id.
+  type: dict
+  returned: always
+"""
