@@ -64,7 +64,7 @@ class Dispatcher:
 
     def __init__(self, store: Store, project: str, task_ids: Iterable[str], nodes: Sequence[NodeInfo],
                  run_id: str | None = None, ttl: float = 90.0, poll: float = 0.5, infra_limit: int = 3,
-                 clock: Callable[[], float] = time.monotonic):
+                 full_every: float = 5.0, clock: Callable[[], float] = time.monotonic):
         self.store = store
         self.project = project
         self.nodes = list(nodes)
@@ -79,6 +79,9 @@ class Dispatcher:
         self.abandoned: set[str] = set()         # still queued, but this run will not run them
         self._due = 0.0          # next time a grant pass is due
         self._beat_due = 0.0     # next heartbeat
+        self.full_every = full_every
+        self._full_due = 0.0     # next unconditional grant pass
+        self._mark: int | None = None  # newest event id seen by the last grant pass
         self._opened = False
 
     @property
@@ -109,7 +112,13 @@ class Dispatcher:
             self._beat_due = stamp + self.book.ttl / 3
         if force or stamp >= self._due:
             self._due = stamp + self.poll
-            self._pass(step)
+            # Skip the grant pass when nothing was written since the last one (every state
+            # change, lease, stop request and quarantine writes an event), except for a full
+            # pass every ``full_every`` seconds for what time alone changes (expiries).
+            mark = self.store.db.execute("SELECT MAX(id) FROM events").fetchone()[0]
+            if force or mark != self._mark or stamp >= self._full_due:
+                self._mark, self._full_due = mark, stamp + self.full_every
+                self._pass(step)
         step.done = not self.pending and not self.running
         return step
 
