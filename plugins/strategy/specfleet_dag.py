@@ -1,25 +1,10 @@
 # Copyright: specfleet contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""specfleet_dag: run spec hosts in dependency order on fleet-wide slots.
+"""specfleet_dag: run spec hosts in dependency order on fleet-wide slots (see DOCUMENTATION).
 
-DOCUMENTATION:
-    name: specfleet_dag
-    short_description: DAG-ordered, slot-limited dispatch of specfleet spec hosts
-    description:
-      - The play's hosts are specs (added by C(add_host) in an earlier play, one per spec,
-        with C(specfleet_project), C(specfleet_task_id), C(specfleet_db) and
-        C(specfleet_run_id)); every task is delegated to C(specfleet_node).
-      - This plugin only decides I(when) a spec host may start and I(on which node). The
-        decisions are made by C(specfleet.dispatcher) (plain Python, unit-tested) against
-        the shared SQLite state store; Ansible's C(free) strategy runs the tasks.
-      - Order among specs whose dependencies are done - lowest first -
-        C((priority, -longest remaining path of estimates, task id)).
-      - A spec starts only when every C(depends_on) spec is completed, a node whose labels
-        allow its executor has a free slot (a lease in the database, shared by every run and
-        project) and no running spec holds a path lock overlapping its C(modifies).
-      - An unreachable spec host is charged to its node: the node is quarantined with
-        backoff and the spec is queued again without using an attempt.
-      - The worker pool grows with the number of running specs (one waiting worker each).
+Order among ready specs, lowest first: ``(priority, -remaining critical path by estimate,
+task id)``. Node: healthy, labels allow the executor, lowest ``specfleet_node_priority``,
+then most free slots. Both come from ``specfleet.fleet``; this file holds no policy.
 
 Ansible-core 2.19 warns once per run that non-builtin strategies are deprecated; the
 plugin is kept to this one class so that moving off the interface touches one file.
@@ -43,6 +28,27 @@ if _CORE not in sys.path:
 from specfleet import dispatcher as policy  # noqa: E402
 from specfleet.fleet import NodeInfo  # noqa: E402
 from specfleet.store import Store  # noqa: E402
+
+DOCUMENTATION = r"""
+name: specfleet_dag
+short_description: DAG-ordered, slot-limited dispatch of specfleet spec hosts
+description:
+  - The play's hosts are specs (added by C(add_host) in an earlier play, one per spec, with
+    C(specfleet_project), C(specfleet_task_id), C(specfleet_db) and C(specfleet_run_id)); every
+    task is delegated to C(specfleet_node), which this strategy sets when it starts the spec.
+  - This plugin only decides I(when) a spec host may start and I(on which node). The decisions
+    are made by C(specfleet.dispatcher) (plain Python, unit-tested) against the shared SQLite
+    state store; Ansible's C(free) strategy runs the tasks.
+  - "Order among specs whose dependencies are completed, lowest first: (priority, -longest
+    remaining path of estimates, task id)."
+  - A spec starts only when every C(depends_on) spec is completed, a node whose labels allow its
+    executor has a free slot (a lease in the database, shared by every run and project) and no
+    running spec holds a path lock overlapping its C(modifies).
+  - An unreachable spec host is charged to its node, not the spec. The node is quarantined with
+    backoff and the spec is queued again without using an attempt.
+  - The worker pool grows with the number of running specs (one waiting worker each).
+author: specfleet contributors
+"""
 
 display = Display()
 NODE_GROUP = "specfleet_nodes"
