@@ -66,7 +66,6 @@ class StrategyModule(FreeStrategy):
     def run(self, iterator, play_context):
         self._iterator = iterator
         hosts = {h.name: h for h in self._inventory.get_hosts(iterator._play.hosts, order=iterator._play.order)}
-        self._spec_hosts = hosts
         self._running: dict[str, object] = {}   # task id -> Host
         self._finished: list = []
         self._dispatcher = self._open(hosts)
@@ -133,8 +132,9 @@ class StrategyModule(FreeStrategy):
             for grant in step.start:
                 self._start(grant)
             if step.done:
-                # Non-empty and finished: the free loop sees no work and ends quietly.
-                return self._finished[-1:] or list(self._spec_hosts.values())[:1]
+                # Every spec host is finished or dropped by now, so this is non-empty: the
+                # free loop sees no work left and ends quietly.
+                return self._finished[-1:]
             if self._running:
                 break
             time.sleep(engine.poll)  # nothing of ours runs: wait for slots freed elsewhere

@@ -129,7 +129,6 @@ class Dispatcher:
                 step.dropped[task_id] = f"not started: {self.stop} requested by stop.yml"
             self.pending.clear()
             return
-        self._drop_orphans(step)
         if not self.pending:
             return
         result = self.book.grant(self.project, self.nodes, only=self.pending)
@@ -137,54 +136,37 @@ class Dispatcher:
             self.pending.discard(grant.task_id)
             self.running[grant.task_id] = grant
             step.start.append(grant)
-        self._drop_settled(step)
-        self._drop_unrunnable(step)
-        self._drop_orphans(step)
+        self._drop(step)
 
-    def _drop_settled(self, step: Step) -> None:
-        """Pending specs that were settled meanwhile (blocked, or done by another run)."""
+    def _drop(self, step: Step) -> None:
+        """Drop the pending specs that will not run in this run, from one read of their rows.
+
+        * settled meanwhile: blocked, cancelled, or done by another run;
+        * no node of the inventory could ever run them (disabled, no slots, labels);
+        * orphans: they depend on a spec this run gave up on, so they would wait forever.
+        """
         if not self.pending:
             return
         marks = ",".join("?" * len(self.pending))
-        rows = self.store.db.execute(f"SELECT task_id, state, reason FROM specs WHERE project = ? AND task_id IN ({marks})",
-                                     (self.project, *sorted(self.pending))).fetchall()
-        found = {r["task_id"]: r for r in rows}
+        rows = {r["task_id"]: r for r in self.store.db.execute(
+            f"SELECT task_id, state, reason, executor, depends_on_json FROM specs WHERE project = ? AND task_id IN ({marks})",
+            (self.project, *sorted(self.pending)))}
         for task_id in sorted(self.pending):
-            row = found.get(task_id)
+            row = rows.get(task_id)
             if row is None:
                 step.dropped[task_id] = "no longer in the state store"
             elif row["state"] not in (SpecState.QUEUED.value, SpecState.RUNNING.value):
                 step.dropped[task_id] = f"{row['state']}" + (f": {row['reason']}" if row["reason"] else "")
+            elif not any(n.enabled and n.slots > 0 and n.runs(row["executor"]) for n in self.nodes):
+                step.dropped[task_id] = (f"cannot run: no enabled node with slots runs executor {row['executor']}"
+                                         if row["executor"] else "cannot run: no enabled node has slots")
+                self.abandoned.add(task_id)
         self.pending.difference_update(step.dropped)
-
-    def _drop_unrunnable(self, step: Step) -> None:
-        """Pending specs no node of the inventory could ever run (disabled, no slots, labels)."""
-        if not self.pending:
-            return
-        marks = ",".join("?" * len(self.pending))
-        rows = self.store.db.execute(f"SELECT task_id, executor FROM specs WHERE project = ? AND task_id IN ({marks})",
-                                     (self.project, *sorted(self.pending))).fetchall()
-        for row in rows:
-            executor = row["executor"]
-            if not any(n.enabled and n.slots > 0 and n.runs(executor) for n in self.nodes):
-                step.dropped[row["task_id"]] = (f"cannot run: no enabled node with slots runs executor {executor}"
-                                                if executor else "cannot run: no enabled node has slots")
-                self.pending.discard(row["task_id"])
-                self.abandoned.add(row["task_id"])
-
-    def _drop_orphans(self, step: Step) -> None:
-        """Pending specs that depend on a spec this run gave up on would wait forever: drop them."""
-        if not self.pending or not self.abandoned:
-            return
-        marks = ",".join("?" * len(self.pending))
-        deps = {r["task_id"]: json.loads(r["depends_on_json"]) for r in self.store.db.execute(
-            f"SELECT task_id, depends_on_json FROM specs WHERE project = ? AND task_id IN ({marks})",
-            (self.project, *sorted(self.pending)))}
-        changed = True
+        changed = bool(self.abandoned)
         while changed:
             changed = False
             for task_id in sorted(self.pending):
-                missing = [d for d in deps.get(task_id, ()) if d in self.abandoned]
+                missing = [d for d in json.loads(rows[task_id]["depends_on_json"]) if d in self.abandoned]
                 if missing:
                     step.dropped[task_id] = f"not started: dependency {missing[0]} is not run in this run"
                     self.pending.discard(task_id)

@@ -219,9 +219,8 @@ class JobStatus:
 
 
 def parse_wait(stdout: str) -> JobStatus:
-    head, _, tail = stdout.partition("OUTPUT\n")
-    if not tail and stdout.rstrip().endswith("OUTPUT"):
-        head = stdout.rstrip()[: -len("OUTPUT")]
+    # The waiter prints KEY=value lines, a line "OUTPUT", then the end of the job's output.
+    head, _, tail = stdout.partition("\nOUTPUT\n")
     fields: dict[str, str] = {}
     for line in head.splitlines():
         key, sep, value = line.partition("=")

@@ -1,0 +1,42 @@
+# Copyright: specfleet contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The base of specfleet's controller-side action plugins (validate, feed, report, stop).
+
+Kept outside the ``specfleet`` package, which must stay free of Ansible imports. It does
+what every one of them needs: check the arguments against ``ARGUMENT_SPEC``, resolve the
+state database (argument ``db``, then ``specfleet_db``, then the default) and turn a
+:class:`~specfleet.store.StoreError` into a failed result naming the database.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from ansible.plugins.action import ActionBase
+
+from specfleet import controller
+from specfleet.store import StoreError
+
+DB_OPTION = {"db": {"type": "path"}}
+
+
+class ControllerAction(ActionBase):
+    TRANSFERS_FILES = False
+    _requires_connection = False
+    ARGUMENT_SPEC: dict[str, dict[str, Any]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._VALID_ARGS = frozenset(cls.ARGUMENT_SPEC)
+
+    def run(self, tmp=None, task_vars=None):
+        result = super().run(tmp, task_vars)
+        task_vars = task_vars or {}
+        _spec, args = self.validate_argument_spec(argument_spec=self.ARGUMENT_SPEC)
+        db = str(controller.resolve_db(args.get("db") or task_vars.get("specfleet_db")))
+        try:
+            return self.act(result, args, task_vars, db)
+        except StoreError as exc:
+            return dict(result, failed=True, msg=f"state store {db}: {exc}")
+
+    def act(self, result: dict, args: dict, task_vars: dict, db: str) -> dict:
+        raise NotImplementedError
