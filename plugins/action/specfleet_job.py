@@ -45,7 +45,8 @@ class ActionModule(ActionBase):
         _spec, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
         try:
             run = jobs.run_dir(args["root"], args["project"], args["task_id"], args["attempt"], args["run_id"])
-            workdir = jobs.workspace_dir(args["root"], args["project"], args["task_id"])
+            workdir = jobs.workspace_dir(args["root"], args["project"], args["task_id"], args["attempt"],
+                                         args["run_id"])
         except jobs.JobError as exc:
             return dict(result, failed=True, msg=str(exc))
         result["run_dir"] = run

@@ -21,7 +21,7 @@ def job(tmp_path):
     root = str(tmp_path / "work")
 
     def make(task="S1", attempt=1):
-        return jobs.run_dir(root, "demo", task, attempt, "run-1"), jobs.workspace_dir(root, "demo", task)
+        return jobs.run_dir(root, "demo", task, attempt, "run-1"), jobs.workspace_dir(root, "demo", task, attempt, "run-1")
     return make
 
 

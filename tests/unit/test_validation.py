@@ -122,10 +122,25 @@ def test_repository_problems_name_project_yml(projects):
 
 
 def test_remote_repositories_skip_the_tree_check_and_say_so(projects):
-    projects.project(config="repository: https://git.example.invalid/demo.git\nverify: x\n",
+    projects.project(config="repository: https://git.example.invalid/demo.git\nverify: x\ntransport: remote\n",
                      **{"S01.md": spec_text("S01", modifies=["anything/at/all.py"])})
     report = validate(projects)
     assert report.ok and "not checked" in report.notes[0]
+
+
+def test_bundle_transport_needs_a_local_repository(projects):
+    projects.project(config="repository: https://git.example.invalid/demo.git\nverify: x\n",
+                     **{"S01.md": spec_text("S01")})
+    found = texts(validate(projects))
+    assert any("field 'transport'" in t and "needs a local repository" in t for t in found)
+
+
+def test_bad_test_paths_and_verify_timeout_name_the_field(projects):
+    projects.project(config="repository: r\nverify: x\ntest_paths: [../outside/]\nverify_timeout: soon\n",
+                     **{"S01.md": spec_text("S01")})
+    found = texts(validate(projects))
+    assert any("field 'test_paths'" in t for t in found)
+    assert any("field 'verify_timeout'" in t for t in found)
 
 
 def test_project_yml_errors(projects):

@@ -73,8 +73,10 @@ def run_dir(root: str, project: str, task_id: str, attempt: int | str, run_id: s
                      component(f"{attempt}-{run_id}", "attempt and run id")])
 
 
-def workspace_dir(root: str, project: str, task_id: str) -> str:
-    return "/".join([root.rstrip("/") or "/", "workspaces", *_project_path(project), component(task_id, "task id")])
+def workspace_dir(root: str, project: str, task_id: str, attempt: int | str, run_id: str) -> str:
+    """``<root>/workspaces/<project>/<task id>/<attempt>-<run id>``: never shared by two attempts."""
+    return "/".join([root.rstrip("/") or "/", "workspaces", *_project_path(project), component(task_id, "task id"),
+                     component(f"{attempt}-{run_id}", "attempt and run id")])
 
 
 def _b64(text: str) -> str:
@@ -112,16 +114,24 @@ if [ -n "$pg" ]; then
     while kill -0 -$pg 2>/dev/null && [ $i -lt {ticks} ]; do sleep 0.1; i=$((i+1)); done
     kill -KILL -$pg 2>/dev/null
 fi
+{on_exit}
 date +%s.%N > ended_at
 echo $rc > exit_code.tmp && mv exit_code.tmp exit_code
 """
 
 
-def launch_script(run: str, workdir: str, command: str, env: dict[str, str], timeout_s: int) -> str:
-    """Start the job unless this run directory already has one; print STARTED or ATTACHED."""
+def launch_script(run: str, workdir: str, command: str, env: dict[str, str], timeout_s: int,
+                  on_exit: str = "") -> str:
+    """Start the job unless this run directory already has one; print STARTED or ATTACHED.
+
+    ``on_exit`` is shell run by the wrapper after the job's process group is gone and
+    before ``exit_code`` is written (``$rc`` is the job's exit status), e.g. to finalise
+    a status file the job could not finalise itself because it was killed.
+    """
     if int(timeout_s) <= 0:
         raise JobError(f"timeout must be positive, not {timeout_s}")
-    wrapper = WRAPPER.format(kill=KILL_GRACE_S, timeout=int(timeout_s), ticks=KILL_GRACE_S * 10)
+    wrapper = WRAPPER.format(kill=KILL_GRACE_S, timeout=int(timeout_s), ticks=KILL_GRACE_S * 10,
+                             on_exit=on_exit.strip() or ":")
     run_q, work_q = shell_path(run), shell_path(workdir)
     return (
         f"umask 077; mkdir -p {run_q} {work_q} && cd {run_q} || exit 1\n"

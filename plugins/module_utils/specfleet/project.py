@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from . import frontmatter
+from .durations import parse_duration
+from .paths import normalise_modifies
 from .problems import Problem
 from .schema import load_schema, schema_problems
 from .settings import expand_path
@@ -38,6 +40,11 @@ class ProjectConfig:
     context_files: tuple[str, ...] = ("CLAUDE.md", "SHARED_CONTEXT.md")
     ignore: tuple[str, ...] = ()
     description: str = ""
+    transport: str = "bundle"
+    test_paths: tuple[str, ...] = ()
+    verify_timeout: Any = "20m"
+    require_tests: bool = True
+    exclude: tuple[str, ...] = ()
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -88,6 +95,22 @@ def load_project(folder: Path, name: str, display: str,
                                   "export the variable or write the path out")]
         if not os.path.isabs(repository):
             repository = str((folder / repository).resolve())
+    extra = []
+    for raw in data.get("test_paths", []):
+        try:
+            normalise_modifies(raw)
+        except ValueError as exc:
+            extra.append(Problem(display, key_lines.get("test_paths"), "test_paths", f"entry {raw!r} {exc}"))
+    try:
+        parse_duration(data.get("verify_timeout", "20m"))
+    except ValueError as exc:
+        extra.append(Problem(display, key_lines.get("verify_timeout"), "verify_timeout", str(exc)))
+    if data.get("transport", "bundle") == "bundle" and _REMOTE.match(repository):
+        extra.append(Problem(display, key_lines.get("transport"), "transport",
+                             "is bundle (the default), which needs a local repository, but repository is a URL",
+                             "set 'transport: remote' or point repository at a local clone"))
+    if extra:
+        return None, problems + extra
     config = ProjectConfig(
         name=name, folder=folder, repository=repository,
         base_branch=data.get("base_branch", "main"), verify=data.get("verify"),
@@ -96,6 +119,9 @@ def load_project(folder: Path, name: str, display: str,
         retries=data.get("retries"),
         context_files=tuple(data.get("context_files", ProjectConfig.context_files)),
         ignore=tuple(data.get("ignore", ())), description=data.get("description", ""), raw=dict(data),
+        transport=data.get("transport", "bundle"), test_paths=tuple(data.get("test_paths", ())),
+        verify_timeout=data.get("verify_timeout", "20m"), require_tests=data.get("require_tests", True),
+        exclude=tuple(data.get("exclude", ())),
     )
     return config, problems
 

@@ -164,6 +164,24 @@ CREATE INDEX path_locks_by_task ON path_locks(project, task_id);
 ALTER TABLE runs ADD COLUMN stop TEXT CHECK (stop IN ('drain', 'cancel'));
 ALTER TABLE attempts ADD COLUMN slot INTEGER;
 """),
+    (4, "what an attempt produced; project memory (lessons)", """
+ALTER TABLE attempts ADD COLUMN executor TEXT;
+ALTER TABLE attempts ADD COLUMN branch TEXT;
+ALTER TABLE attempts ADD COLUMN commit_sha TEXT;
+ALTER TABLE attempts ADD COLUMN rounds INTEGER;
+ALTER TABLE attempts ADD COLUMN artifacts TEXT;
+ALTER TABLE attempts ADD COLUMN result_json TEXT;
+CREATE TABLE lessons (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    project TEXT NOT NULL,
+    task_id TEXT,
+    attempt INTEGER,
+    kind TEXT NOT NULL,
+    text TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE INDEX lessons_by_project ON lessons(project, id);
+"""),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -308,6 +326,35 @@ class Store:
             args.append(task_id)
         rows = self.db.execute(query + " ORDER BY id", args).fetchall()
         return [dict(r, detail=json.loads(r["detail_json"])) for r in rows]
+
+    # -- attempts and lessons ---------------------------------------------------------------
+
+    def record_attempt(self, project: str, task_id: str, number: int, *, executor: str | None = None,
+                       branch: str | None = None, commit_sha: str | None = None, rounds: int | None = None,
+                       artifacts: str | None = None, result: dict | None = None) -> None:
+        """What attempt ``number`` produced (its outcome is set when its lease ends)."""
+        with self.transaction() as db:
+            db.execute("UPDATE attempts SET executor = ?, branch = ?, commit_sha = ?, rounds = ?, artifacts = ?,"
+                       " result_json = ? WHERE project = ? AND task_id = ? AND number = ?",
+                       (executor, branch, commit_sha, rounds, artifacts,
+                        json.dumps(result or {}, sort_keys=True, ensure_ascii=False), project, task_id, number))
+            _event(db, "attempt_collected", project, task_id,
+                   detail={"attempt": number, "executor": executor, "commit": commit_sha, "rounds": rounds})
+
+    def add_lesson(self, project: str, task_id: str | None, attempt: int | None, kind: str, text: str) -> None:
+        with self.transaction() as db:
+            db.execute("INSERT INTO lessons (project, task_id, attempt, kind, text, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                       (project, task_id, attempt, kind, text, now()))
+
+    def lessons(self, project: str, limit: int = 50) -> list[dict]:
+        """The project's lessons, newest first (exact project name: no leaking across projects)."""
+        return [dict(r) for r in self.db.execute(
+            "SELECT * FROM lessons WHERE project = ? ORDER BY id DESC LIMIT ?", (project, limit))]
+
+    def revision_text(self, project: str, task_id: str, revision: int) -> tuple[dict, str] | None:
+        row = self.db.execute("SELECT front_matter_json, body FROM spec_revisions WHERE project = ? AND task_id = ?"
+                              " AND revision = ?", (project, task_id, revision)).fetchone()
+        return (json.loads(row["front_matter_json"]), row["body"]) if row else None
 
     # -- specs ------------------------------------------------------------------------------
 

@@ -1,0 +1,142 @@
+# Copyright: specfleet contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Executors: the coding-agent CLIs of the inventory's ``specfleet_executors``.
+
+One definition per name::
+
+    glm:
+      type: cli                    # or replay: apply a recorded session, no model
+      command: [claude, --print, --output-format, json, --dangerously-skip-permissions]
+      prompt: stdin                # stdin | argument (last argument) | file (path as last argument)
+      env: {ANTHROPIC_BASE_URL: "https://api.z.ai/api/anthropic"}
+      env_from_vars: {ANTHROPIC_AUTH_TOKEN: vault_zai_api_key}   # the *name* of a vault variable
+      rate_limit_patterns: ['\\b429\\b', 'rate.?limit']          # searched in a failed run's last lines
+      fallback: minimax            # run when this one is rate limited
+      backoff: 30s                 # wait before the fallback; doubles along the chain
+      timeout: 50m                 # one agent run (default: the spec's timeout)
+
+Secrets are never part of a definition: ``env_from_vars`` names variables (normally
+from Ansible Vault) that the controller resolves when it starts an attempt and ships
+in a file the runner deletes after reading.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from .durations import parse_duration
+from .jobs import ENV_NAME
+
+PROMPT_MODES = ("stdin", "argument", "file")
+KINDS = ("cli", "replay")
+KNOWN_KEYS = {"type", "description", "command", "prompt", "env", "env_from_vars", "rate_limit_patterns",
+              "fallback", "backoff", "timeout", "recordings"}
+
+
+class ExecutorError(ValueError):
+    pass
+
+
+def _problem(name: str, key: str, text: str) -> ExecutorError:
+    return ExecutorError(f"specfleet_executors.{name}.{key} {text}")
+
+
+def check_definition(name: str, data: Any) -> dict:
+    """A normalised copy of one definition, or :class:`ExecutorError` naming the field."""
+    if not isinstance(data, Mapping):
+        raise ExecutorError(f"specfleet_executors.{name} must be a mapping of settings")
+    unknown = sorted(set(map(str, data)) - KNOWN_KEYS)
+    if unknown:
+        raise _problem(name, unknown[0], "is not an executor setting; known: " + ", ".join(sorted(KNOWN_KEYS)))
+    kind = data.get("type", "cli")
+    if kind not in KINDS:
+        raise _problem(name, "type", f"must be one of {', '.join(KINDS)}, not {kind!r}")
+    out: dict[str, Any] = {"name": name, "kind": kind}
+    if kind == "cli":
+        command = data.get("command")
+        if not isinstance(command, list) or not command or not all(isinstance(a, str) and a for a in command):
+            raise _problem(name, "command", "must be a non-empty list of strings (program and arguments)")
+        out["command"] = list(command)
+    prompt = data.get("prompt", "stdin")
+    if prompt not in PROMPT_MODES:
+        raise _problem(name, "prompt", f"must be one of {', '.join(PROMPT_MODES)}, not {prompt!r}")
+    out["prompt"] = prompt
+    for key in ("env", "env_from_vars"):
+        value = data.get(key, {}) or {}
+        if not isinstance(value, Mapping):
+            raise _problem(name, key, "must be a mapping NAME: value")
+        for var, val in value.items():
+            if not ENV_NAME.match(str(var)):
+                raise _problem(name, key, f"has {var!r}, which is not a valid environment variable name")
+            if not isinstance(val, (str, int, float)) or isinstance(val, bool):
+                raise _problem(name, key, f"{var} must be a string")
+        out[key] = {str(k): str(v) for k, v in value.items()}
+    patterns = data.get("rate_limit_patterns", [])
+    if not isinstance(patterns, list) or not all(isinstance(p, str) for p in patterns):
+        raise _problem(name, "rate_limit_patterns", "must be a list of regular expressions")
+    for pattern in patterns:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise _problem(name, "rate_limit_patterns", f"has {pattern!r}, which is not a valid regular expression: {exc}")
+    out["rate_limit_patterns"] = list(patterns)
+    for key, default in (("backoff", 30), ("timeout", None)):
+        if data.get(key) is None:
+            out[key] = default
+            continue
+        try:
+            out[key] = parse_duration(data[key])
+        except ValueError as exc:
+            raise _problem(name, key, str(exc))
+    fallback = data.get("fallback")
+    if fallback is not None and not isinstance(fallback, str):
+        raise _problem(name, "fallback", "must be the name of another executor")
+    out["fallback"] = fallback
+    out["recordings"] = data.get("recordings", "specs/{project}/recordings")
+    return out
+
+
+def chain(definitions: Any, name: str) -> list[dict]:
+    """``name`` and its fallbacks, in order, each checked; a fallback cycle ends the chain."""
+    if not isinstance(definitions, Mapping) or not definitions:
+        raise ExecutorError("specfleet_executors is not defined in the inventory (a mapping name -> definition)")
+    result, seen = [], set()
+    current: str | None = name
+    while current is not None and current not in seen:
+        if current not in definitions:
+            owner = f"specfleet_executors.{result[-1]['name']}.fallback" if result else "the spec's executor"
+            raise ExecutorError(f"{owner} names {current!r}, which is not defined; defined: "
+                                + ", ".join(sorted(map(str, definitions))))
+        seen.add(current)
+        checked = check_definition(current, definitions[current])
+        result.append(checked)
+        current = checked["fallback"]
+    return result
+
+
+def runner_chain(checked: list[dict], timeout_s: int, lookup: Callable[[str], Any]) -> tuple[list[dict], dict, list[str]]:
+    """The chain as the runner reads it, the secrets it needs, and notes.
+
+    Secrets are ``{executor: {ENV: value}}`` (two executors may use the same variable
+    name with different keys). ``lookup(var)`` returns a variable's value or ``None``. The first executor's secrets
+    are required; a fallback whose secret is missing is left out of the chain (noted).
+    """
+    runnable, secrets, notes = [], {}, []
+    for index, executor in enumerate(checked):
+        values = {env: lookup(var) for env, var in executor["env_from_vars"].items()}
+        missing = [executor["env_from_vars"][env] for env, value in values.items() if value in (None, "")]
+        if missing:
+            message = (f"executor {executor['name']} needs the variable {', '.join(missing)} (put the key in the "
+                       f"vault); it is not defined")
+            if index == 0:
+                raise ExecutorError(message)
+            notes.append(message + ": left out of the fallback chain")
+            continue
+        if values:
+            secrets[executor["name"]] = {env: str(value) for env, value in values.items()}
+        runnable.append({"name": executor["name"], "kind": executor["kind"], "command": executor.get("command", []),
+                         "prompt": executor["prompt"], "env": executor["env"],
+                         "secret_env": sorted(values), "rate_limit_patterns": executor["rate_limit_patterns"],
+                         "backoff_s": executor["backoff"], "timeout_s": executor["timeout"] or timeout_s})
+    return runnable, secrets, notes

@@ -1,0 +1,626 @@
+# Copyright: specfleet contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The node side of one attempt: workspace, agent rounds, verify, gates, commit, bundle.
+
+The controller copies this file and ``paths.py`` into the attempt's run directory with
+``job.json`` (everything the attempt needs, no secrets), ``prompt.md`` and, when an
+executor needs keys, ``secrets.json`` (read once and deleted). The job wrapper of
+``jobs.py`` runs ``python3 runner.py run <run dir>`` detached from SSH; this module only
+uses the Python standard library, so a node needs nothing but ``python3`` and ``git``.
+
+What it leaves in the run directory:
+
+====================  ==============================================================
+``status.json``       state (running, succeeded, failed, killed), phase, error,
+                      rounds, executor that produced the result, commit, timings.
+                      Always finalised: by the runner, by its SIGTERM handler, or by
+                      ``runner.py finalize`` which the wrapper runs after a SIGKILL.
+``heartbeat``         node time, rewritten every 10 s while the runner lives
+``runner_pid``        the runner; ``child_pgids`` the process groups of its children
+``round-N.prompt.md`` the prompt of each agent round (feedback appended)
+``round-N.agent.log`` the agent's output (secrets redacted), one per executor try
+``round-N.verify.log`` the verify command's output
+``round-N.gates.json`` the gate results of the round
+``changes.patch``     the diff against the start of the workspace (also on failure)
+``result.bundle``     the committed branch, for the controller (bundle transport)
+====================  ==============================================================
+
+Every ``modifies`` path check uses :func:`paths.covers`, the same rule as the locks.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+
+try:  # inside the controller's package
+    from .paths import covers
+except ImportError:  # copied next to this file on a node
+    from paths import covers  # type: ignore[no-redef]
+
+KILL_GRACE_S = 10
+HEARTBEAT_S = 10
+TAIL_LINES = 40
+TAIL_BYTES = 8192
+FEEDBACK_BYTES = 6000
+
+# Defaults a project can extend; see README "Gates".
+DEFAULT_RATE_LIMIT_PATTERNS = (
+    r"\b429\b", r"rate[ _-]?limit", r"too many requests", r"overloaded", r"quota (?:exceeded|exhausted)",
+    r"usage limit", r"resource[ _]exhausted", r"try again (?:later|in \d+)",
+)
+STUB_PATTERNS = (
+    (re.compile(r"\b(?:TODO|FIXME|XXX)\b"), "TODO/FIXME/XXX marker"),
+    (re.compile(r"placeholder(?!\s*[=:]|[\"']\s*[=:])", re.I), "placeholder"),
+    (re.compile(r"\bNotImplemented(?:Error)?\b"), "NotImplementedError"),
+    (re.compile(r"\b(?:todo|unimplemented)!\s*\("), "todo!/unimplemented! macro"),
+    (re.compile(r"not (?:yet )?implemented", re.I), "'not implemented'"),
+    (re.compile(r"^\s*(?:pass|\.\.\.)\s*#\s*(?:stub|later)\b", re.I), "stub body"),
+)
+SKIP_PATTERNS = re.compile(
+    r"@pytest\.mark\.(?:skip|skipif|xfail)\b|\bpytest\.(?:skip|xfail)\s*\(|@unittest\.(?:skip|expectedFailure)"
+    r"|\bself\.skipTest\s*\(|\b(?:it|test|describe)\.(?:skip|todo)\s*\(|\bx(?:it|describe|test)\s*\("
+    r"|@Disabled\b|@Ignore\b|\bt\.Skip(?:f|Now)?\s*\(|#\[ignore\]")
+TEST_PATH = re.compile(
+    r"(?:^|/)(?:tests?|__tests__|spec)/|(?:^|/)test_[^/]*\.py$|_test\.(?:py|go)$|\.(?:test|spec)\.[cm]?[jt]sx?$"
+    r"|(?:^|/)conftest\.py$|Test\.java$|_spec\.rb$")
+# "the verify command actually ran tests": a runner's own summary with a count > 0.
+TEST_COUNTS = (
+    re.compile(r"\b(\d+) passed\b"),                 # pytest, jest ("Tests: 3 passed"), vitest
+    re.compile(r"^Ran (\d+) tests? in ", re.M),      # unittest
+    re.compile(r"\b(\d+) passing\b"),                # mocha
+    re.compile(r"test result: ok\. (\d+) passed"),   # cargo
+    re.compile(r"^ok\s+\S+\s+[\d.]+s", re.M),        # go test (a package with tests)
+    re.compile(r"\b(\d+) examples?, 0 failures"),    # rspec
+    re.compile(r"Tests run: (\d+)"),                 # maven/junit
+)
+DEFAULT_EXCLUDES = ("__pycache__/", "*.pyc", ".pytest_cache/", ".mypy_cache/", ".ruff_cache/", "node_modules/",
+                    ".venv/", ".tox/", "*.egg-info/", ".coverage", "coverage/", "dist/", "build/")
+
+
+class RunnerError(Exception):
+    """A failure with a message for the status file, ``phase`` says where."""
+
+
+def now() -> float:
+    return time.time()
+
+
+def write_atomic(path: str, text: str, mode: int = 0o600) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
+def tail(text: str, lines: int = TAIL_LINES, limit: int = TAIL_BYTES) -> str:
+    return "\n".join(text[-limit:].splitlines()[-lines:])
+
+
+class Redactor:
+    """Replaces every secret value (and its common encodings' plain form) with ``***``."""
+
+    def __init__(self, secrets: list[str]):
+        self.values = sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)
+
+    def __call__(self, text: str) -> str:
+        for value in self.values:
+            text = text.replace(value, "***")
+        return text
+
+
+@dataclass
+class Executor:
+    name: str
+    kind: str = "cli"                         # cli | replay
+    command: list = field(default_factory=list)
+    prompt: str = "stdin"                     # stdin | argument | file
+    env: dict = field(default_factory=dict)
+    secret_env: list = field(default_factory=list)
+    rate_limit_patterns: list = field(default_factory=list)
+    backoff_s: float = 30.0
+    timeout_s: int = 3600
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Executor:
+        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        return cls(**known)
+
+    def argv(self, prompt_text: str, prompt_file: str) -> list[str]:
+        """The command with the prompt placed as the CLI documents it."""
+        args = [str(a).replace("{prompt_file}", prompt_file) for a in self.command]
+        if self.prompt == "argument" and "{prompt}" not in " ".join(args):
+            args.append(prompt_text)
+        elif self.prompt == "file" and prompt_file not in args:
+            args.append(prompt_file)
+        return [a.replace("{prompt}", prompt_text) for a in args]
+
+    def rate_limited(self, output_tail: str) -> bool:
+        patterns = list(self.rate_limit_patterns) or list(DEFAULT_RATE_LIMIT_PATTERNS)
+        return any(re.search(p, output_tail, re.I) for p in patterns)
+
+
+# -- diff analysis (also used by tests and, later, by the controller's verify stage) ------
+
+@dataclass
+class Change:
+    status: str          # A, M, D, R, C, T
+    path: str
+    old_path: str | None = None
+
+
+def parse_name_status(raw: str) -> list[Change]:
+    """``git diff --name-status -z`` output -> changes (renames keep both paths)."""
+    parts = raw.split("\x00")
+    changes, index = [], 0
+    while index < len(parts) and parts[index]:
+        status = parts[index]
+        if status[0] in "RC":
+            changes.append(Change(status[0], parts[index + 2], parts[index + 1]))
+            index += 3
+        else:
+            changes.append(Change(status[0], parts[index + 1]))
+            index += 2
+    return changes
+
+
+def added_lines(unified_diff: str) -> dict[str, list[tuple[int, str]]]:
+    """Added lines per file, with their line numbers in the new file, from ``git diff -U0``."""
+    result: dict[str, list[tuple[int, str]]] = {}
+    current = None
+    line_no = 0
+    for line in unified_diff.splitlines():
+        if line.startswith("+++ "):
+            target = line[4:]
+            current = target[2:] if target.startswith("b/") else None
+            if current is not None:
+                result.setdefault(current, [])
+        elif line.startswith("@@"):
+            match = re.search(r"\+(\d+)", line)
+            line_no = int(match.group(1)) if match else 0
+        elif line.startswith("+") and current is not None:
+            result[current].append((line_no, line[1:]))
+            line_no += 1
+    return result
+
+
+def is_test_path(path: str, extra: list[str] | tuple[str, ...] = ()) -> bool:
+    return bool(TEST_PATH.search(path)) or any(covers(p, path) for p in extra)
+
+
+def tests_counted(output: str) -> int:
+    """How many tests the output says ran (0: no recognised test summary)."""
+    total = 0
+    for pattern in TEST_COUNTS:
+        for match in pattern.finditer(output):
+            total += int(match.group(1)) if match.groups() else 1
+    if re.search(r"\bno tests ran\b|collected 0 items", output):
+        return 0
+    return total
+
+
+def run_gates(changes: list[Change], added: dict[str, list[tuple[int, str]]], modifies: list[str],
+              test_paths: list[str], verify_output: str | None, require_tests: bool = True) -> list[dict]:
+    """The gates of one round, in order; each ``{"gate", "ok", "detail"}``. Fail closed."""
+    gates = []
+
+    def gate(name: str, problems: list[str], ok_detail: str) -> None:
+        gates.append({"gate": name, "ok": not problems, "detail": "; ".join(problems[:20]) if problems else ok_detail,
+                      "problems": problems})
+
+    gate("diff", [] if changes else ["the agent changed nothing (empty diff against the base)"],
+         f"{len(changes)} files changed")
+    stubs = []
+    for path, lines in sorted(added.items()):
+        for number, text in lines:
+            for pattern, label in STUB_PATTERNS:
+                if pattern.search(text):
+                    stubs.append(f"{path}:{number}: {label}: {text.strip()[:120]}")
+                    break
+    gate("stubs", stubs, "no TODO/FIXME/placeholder/stub in added lines")
+    outside = []
+    for change in changes:
+        for path in filter(None, (change.path, change.old_path)):
+            if not any(covers(m, path) for m in modifies) and not any(covers(t, path) for t in test_paths):
+                outside.append(path)
+    gate("scope", [f"{p} is outside modifies" for p in sorted(set(outside))],
+         "every changed path is within modifies")
+    weakened = [f"{c.old_path or c.path} deleted (a test file)" for c in changes
+                if c.status in "DR" and is_test_path(c.old_path or c.path, test_paths)
+                and not (c.status == "R" and is_test_path(c.path, test_paths))]
+    for path, lines in sorted(added.items()):
+        for number, text in lines:
+            if SKIP_PATTERNS.search(text) and (is_test_path(path, test_paths) or "test" in text.lower()):
+                weakened.append(f"{path}:{number}: test skipped or disabled: {text.strip()[:120]}")
+    gate("tests_kept", weakened, "no test deleted, skipped or disabled")
+    if verify_output is not None and require_tests:
+        count = tests_counted(verify_output)
+        gate("tests_ran", [] if count > 0 else ["the verify command ran no tests (no test summary with a count > 0)"],
+             f"verify ran {count} tests")
+    return gates
+
+
+# -- the attempt ------------------------------------------------------------------------
+
+class Attempt:
+    def __init__(self, run_dir: str):
+        self.run_dir = os.path.abspath(run_dir)
+        with open(self.path("job.json"), encoding="utf-8") as handle:
+            self.job = json.load(handle)
+        self.secrets = self._load_secrets()
+        self.redact = Redactor([v for env in self.secrets.values() for v in env.values()])
+        self.status: dict = {"state": "running", "phase": "starting", "task_id": self.job["task_id"],
+                             "project": self.job["project"], "attempt": self.job["attempt"],
+                             "run_id": self.job["run_id"], "pid": os.getpid(), "pgid": os.getpgid(0),
+                             "started_at": now(), "rounds": [], "executor": None, "final": False}
+        self.children: set[int] = set()
+        self.lock = threading.Lock()
+        self.workspace = os.path.expanduser(self.job["workspace"])
+        self.start_commit: str | None = None
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.run_dir, name)
+
+    def _load_secrets(self) -> dict[str, dict[str, str]]:
+        name = self.path("secrets.json")
+        try:
+            with open(name, encoding="utf-8") as handle:
+                data = json.load(handle)
+        except FileNotFoundError:
+            return {}
+        finally:
+            if os.path.exists(name):
+                os.unlink(name)
+        return {str(name): {str(k): str(v) for k, v in env.items()} for name, env in data.items()}
+
+    # status -------------------------------------------------------------------------
+
+    def save(self, **changes) -> None:
+        with self.lock:
+            self.status.update(changes)
+            self.status["updated_at"] = now()
+            write_atomic(self.path("status.json"), self.redact(json.dumps(self.status, indent=1, sort_keys=True)))
+
+    def finalise(self, state: str, error: str | None = None) -> None:
+        if self.status.get("final"):
+            return
+        ended = now()
+        self.save(state=state, error=self.redact(error) if error else None, ended_at=ended,
+                  duration_s=round(ended - self.status["started_at"], 3), final=True)
+
+    def heartbeat(self) -> None:
+        while not self.status.get("final"):
+            write_atomic(self.path("heartbeat"), f"{now():.3f}\n", 0o644)
+            time.sleep(HEARTBEAT_S)
+
+    # processes ----------------------------------------------------------------------
+
+    def _record_children(self) -> None:
+        write_atomic(self.path("child_pgids"), "".join(f"{p}\n" for p in sorted(self.children)), 0o644)
+
+    def run_process(self, argv: list[str], log_name: str, timeout_s: float, stdin_path: str | None = None,
+                    env: dict | None = None, shell: bool = False) -> tuple[int, str, bool]:
+        """Run in its own process group; on timeout the whole group is killed. -> (rc, output, timed_out)."""
+        log_path = self.path(log_name)
+        raw_path = log_path + ".raw"
+        stdin = open(stdin_path, "rb") if stdin_path else subprocess.DEVNULL
+        started = time.monotonic()
+        try:
+            with open(raw_path, "wb") as out:
+                proc = subprocess.Popen(argv, cwd=self.workspace, stdin=stdin, stdout=out, stderr=subprocess.STDOUT,
+                                        env=env, start_new_session=True, shell=shell)
+                self.children.add(proc.pid)
+                self._record_children()
+                timed_out = False
+                try:
+                    proc.wait(timeout=timeout_s)
+                except subprocess.TimeoutExpired:
+                    timed_out = True
+                    kill_group(proc.pid)
+                    proc.wait()
+                # Children the command left behind in its group die with it.
+                kill_group(proc.pid, grace=0)
+                self.children.discard(proc.pid)
+                self._record_children()
+        finally:
+            if stdin_path:
+                stdin.close()
+        with open(raw_path, "rb") as handle:
+            output = self.redact(handle.read().decode("utf-8", "replace"))
+        os.unlink(raw_path)
+        elapsed = time.monotonic() - started
+        write_atomic(log_path, output + f"\n[specfleet] exit {proc.returncode}{' (timed out)' if timed_out else ''}"
+                                        f" after {elapsed:.1f} s\n", 0o644)
+        return (124 if timed_out else proc.returncode), output, timed_out
+
+    def kill_children(self) -> None:
+        for pgid in list(self.children):
+            kill_group(pgid, grace=2)
+
+    # git ----------------------------------------------------------------------------
+
+    def git(self, *args: str, cwd: str | None = None, check: bool = True, input_text: str | None = None) -> str:
+        identity = self.job.get("identity") or {}
+        cmd = ["git", "-c", f"user.name={identity.get('name', 'specfleet')}",
+               "-c", f"user.email={identity.get('email', 'specfleet@localhost')}", "-c", "core.hooksPath=/dev/null",
+               "-c", "commit.gpgsign=false", *args]
+        result = subprocess.run(cmd, cwd=cwd or self.workspace, capture_output=True, text=True, input=input_text,
+                                env=dict(os.environ, GIT_TERMINAL_PROMPT="0", LC_ALL="C"), check=False)
+        if check and result.returncode != 0:
+            raise RunnerError(f"git {' '.join(args[:3])} failed: {tail(result.stderr.strip(), 5)}")
+        return result.stdout
+
+    def prepare(self) -> None:
+        """A fresh clone sharing the mirror's objects, on the spec's branch, dependencies merged."""
+        self.save(phase="workspace")
+        job = self.job
+        mirror = os.path.expanduser(job["mirror"])
+        if job.get("remote_url"):
+            locked = ["flock", mirror + ".lock"]
+            subprocess.run(locked + ["git", "--git-dir", mirror, "fetch", "-q", "--no-tags", job["remote_url"],
+                                     *[f"+{ref}:{ref}" for ref in job.get("remote_refs", [])]],
+                           check=True, capture_output=True, timeout=600)
+        if os.path.isdir(os.path.join(self.workspace, ".git")):
+            raise RunnerError(f"workspace {self.workspace} already exists: an attempt never reuses one")
+        os.makedirs(self.workspace, exist_ok=True)
+        if os.listdir(self.workspace):
+            raise RunnerError(f"workspace {self.workspace} is not empty")
+        self.git("clone", "-q", "--shared", "--no-checkout", mirror, self.workspace, cwd=self.run_dir)
+        self.git("checkout", "-q", "-b", job["branch"], job["base"])
+        excludes = list(DEFAULT_EXCLUDES) + list(job.get("exclude", []))
+        with open(os.path.join(self.workspace, ".git", "info", "exclude"), "a", encoding="utf-8") as handle:
+            handle.write("\n".join(excludes) + "\n")
+        merged = []
+        for dep in job.get("merge", []):
+            if subprocess.run(["git", "merge-base", "--is-ancestor", dep["commit"], "HEAD"], cwd=self.workspace,
+                              capture_output=True).returncode == 0:
+                continue
+            try:
+                self.git("merge", "-q", "--no-ff", "--no-edit", "-m",
+                         f"specfleet: merge {dep['task_id']} into {job['task_id']}'s workspace", dep["commit"])
+            except RunnerError as exc:
+                raise RunnerError(f"dependency {dep['task_id']} does not merge into the base: {exc}") from exc
+            merged.append(dep["task_id"])
+        self.start_commit = self.git("rev-parse", "HEAD").strip()
+        self.save(base=job["base"], start_commit=self.start_commit, merged_dependencies=merged,
+                  workspace=self.workspace, branch=job["branch"])
+
+    def diff(self) -> tuple[list[Change], dict[str, list[tuple[int, str]]]]:
+        self.git("add", "-A")
+        changes = parse_name_status(self.git("diff", "--cached", "--name-status", "-z", "-M", self.start_commit))
+        added = added_lines(self.git("diff", "--cached", "-U0", "--no-color", "--no-ext-diff", self.start_commit))
+        patch = self.git("diff", "--cached", "--binary", self.start_commit)
+        write_atomic(self.path("changes.patch"), self.redact(patch), 0o644)
+        return changes, added
+
+    # agent ----------------------------------------------------------------------------
+
+    def agent_env(self, executor: Executor) -> dict:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SPECFLEET_SECRET")}
+        env.update({str(k): str(v) for k, v in executor.env.items()})
+        env.update(self.secrets.get(executor.name, {}))
+        env.update(CI="1", SPECFLEET_WORKSPACE=self.workspace)
+        return env
+
+    def run_agent(self, round_no: int, prompt_file: str) -> dict:
+        """One agent round through the executor chain; rate limits move to the fallback."""
+        chain = [Executor.from_dict(e) for e in self.job["executors"]]
+        with open(prompt_file, encoding="utf-8") as handle:
+            prompt_text = handle.read()
+        tries = []
+        for index, executor in enumerate(chain):
+            self.save(phase=f"agent round {round_no}", executor_trying=executor.name)
+            log = f"round-{round_no}.agent.{index + 1}-{executor.name}.log"
+            if executor.kind == "replay":
+                rc, output, timed_out = self.replay(log)
+            else:
+                try:
+                    rc, output, timed_out = self.run_process(
+                        executor.argv(prompt_text, prompt_file), log, executor.timeout_s,
+                        stdin_path=prompt_file if executor.prompt == "stdin" else None, env=self.agent_env(executor))
+                except OSError as exc:
+                    rc, output, timed_out = 127, f"cannot run {executor.command[:1]}: {exc}", False
+                    write_atomic(self.path(log), output + "\n", 0o644)
+            end = tail(output)
+            limited = rc != 0 and not timed_out and executor.rate_limited(end)
+            tries.append({"executor": executor.name, "exit": rc, "timed_out": timed_out, "rate_limited": limited,
+                          "log": log})
+            if not limited:
+                return {"executor": executor.name, "exit": rc, "timed_out": timed_out, "tries": tries,
+                        "output_tail": end}
+            if index + 1 < len(chain):
+                delay = executor.backoff_s * (2 ** index)
+                self.save(phase=f"agent round {round_no}: {executor.name} rate limited, {chain[index + 1].name} in "
+                                f"{delay:g} s")
+                time.sleep(delay)
+        return {"executor": chain[-1].name, "exit": tries[-1]["exit"], "timed_out": False, "tries": tries,
+                "rate_limited": True, "output_tail": ""}
+
+    def replay(self, log: str) -> tuple[int, str, bool]:
+        """The ``replay`` executor: apply a recorded session's changes (no model involved)."""
+        patch = self.path("recording.patch")
+        if not os.path.exists(patch):
+            output = "replay: no recording was shipped for this spec"
+            rc = 2
+        else:
+            first = subprocess.run(["git", "apply", "--whitespace=nowarn", patch], cwd=self.workspace,
+                                   capture_output=True, text=True)
+            if first.returncode == 0:
+                rc, output = 0, "replay: applied the recorded changes"
+            else:
+                second = subprocess.run(["git", "apply", "--3way", "--whitespace=nowarn", patch], cwd=self.workspace,
+                                        capture_output=True, text=True)
+                rc = second.returncode
+                output = ("replay: applied the recorded changes with a three-way merge" if rc == 0 else
+                          "replay: the recorded changes do not apply here:\n" + first.stderr + second.stderr)
+        write_atomic(self.path(log), f"[replay executor: recorded changes, no model ran]\n{output}\n", 0o644)
+        return rc, output, False
+
+    def verify(self, round_no: int) -> tuple[int, str, bool]:
+        self.save(phase=f"verify round {round_no}")
+        env = dict(os.environ, CI="1", SPECFLEET_WORKSPACE=self.workspace)
+        return self.run_process(["/bin/sh", "-c", self.job["verify"]], f"round-{round_no}.verify.log",
+                                float(self.job.get("verify_timeout_s", 1200)), env=env)
+
+    # the loop -------------------------------------------------------------------------
+
+    def run(self) -> int:
+        threading.Thread(target=self.heartbeat, daemon=True).start()
+        write_atomic(self.path("runner_pid"), f"{os.getpid()}\n", 0o644)
+        self.save()
+        self.prepare()
+        job = self.job
+        rounds_allowed = 1 + int(job.get("retries", 0))
+        with open(self.path("prompt.md"), encoding="utf-8") as handle:
+            prompt = handle.read()
+        feedback: list[str] = []
+        for round_no in range(1, rounds_allowed + 1):
+            prompt_file = self.path(f"round-{round_no}.prompt.md")
+            write_atomic(prompt_file, prompt + "".join(feedback), 0o600)
+            record: dict = {"round": round_no, "started_at": now()}
+            self.status["rounds"].append(record)
+            agent = self.run_agent(round_no, prompt_file)
+            record.update(executor=agent["executor"], agent_exit=agent["exit"], tries=agent["tries"],
+                          timed_out=agent["timed_out"])
+            problems: list[str] = []
+            verify_output = None
+            if agent.get("rate_limited"):
+                problems.append("every executor of the chain was rate limited: "
+                                + ", ".join(t["executor"] for t in agent["tries"]))
+                record.update(ended_at=now(), ok=False, problems=problems)
+                self.save()
+                raise RunnerError(problems[0])
+            if agent["timed_out"]:
+                problems.append(f"the agent ({agent['executor']}) timed out; its process group was killed")
+            elif agent["exit"] != 0:
+                problems.append(f"the agent ({agent['executor']}) exited with {agent['exit']}:\n{agent['output_tail']}")
+            else:
+                rc, verify_output, timed_out = self.verify(round_no)
+                record.update(verify_exit=rc, verify_timed_out=timed_out)
+                if timed_out:
+                    problems.append(f"verify timed out after {job.get('verify_timeout_s', 1200)} s")
+                elif rc != 0:
+                    problems.append(f"verify `{job['verify']}` failed with exit {rc}:\n{tail(verify_output)}")
+            self.save(phase=f"gates round {round_no}")
+            changes, added = self.diff()
+            gates = run_gates(changes, added, job.get("modifies", []), job.get("test_paths", []),
+                              verify_output if not problems else None, job.get("require_tests", True))
+            write_atomic(self.path(f"round-{round_no}.gates.json"), json.dumps(gates, indent=1), 0o644)
+            problems += [f"gate {g['gate']}: {g['detail']}" for g in gates if not g["ok"]]
+            record.update(ended_at=now(), ok=not problems, problems=[p[:2000] for p in problems],
+                          files_changed=[c.path for c in changes], gates={g["gate"]: g["ok"] for g in gates})
+            self.save()
+            if not problems:
+                return self.commit(agent["executor"], changes)
+            feedback.append(self.feedback(round_no, problems))
+        raise RunnerError(f"not done after {rounds_allowed} rounds: " + self.status["rounds"][-1]["problems"][0][:500])
+
+    def feedback(self, round_no: int, problems: list[str]) -> str:
+        text = "\n\n".join(problems)
+        if len(text) > FEEDBACK_BYTES:
+            text = text[:FEEDBACK_BYTES // 2] + "\n[... cut ...]\n" + text[-FEEDBACK_BYTES // 2:]
+        return (f"\n\n## Feedback from round {round_no} (specfleet)\n\nYour changes so far are still in the "
+                f"workspace. They did not pass:\n\n```\n{self.redact(text)}\n```\n\nFix these problems; keep every "
+                f"change inside `modifies`.\n")
+
+    def commit(self, executor: str, changes: list[Change]) -> int:
+        self.save(phase="commit", executor=executor)
+        job = self.job
+        message = (f"specfleet({job['project']}): {job['task_id']}: {job.get('title') or 'spec work'}\n\n"
+                   f"Spec: {job['task_id']}\nAttempt: {job['attempt']} (run {job['run_id']})\n"
+                   f"Executor: {executor}\nRounds: {len(self.status['rounds'])}\n")
+        self.git("commit", "-q", "--no-verify", "-m", message)
+        commit = self.git("rev-parse", "HEAD").strip()
+        self.save(commit=commit, files_changed=[c.path for c in changes], phase="bring back")
+        if job.get("remote_url"):
+            self.git("push", "-q", "--force", job["remote_url"], f"HEAD:refs/heads/{job['branch']}")
+            self.save(pushed=True)
+        else:
+            known = [job["base"]] + [d["commit"] for d in job.get("merge", [])]
+            self.git("bundle", "create", "-q", self.path("result.bundle"), f"refs/heads/{job['branch']}",
+                     *[f"^{c}" for c in known])
+            self.save(bundle="result.bundle")
+        self.finalise("succeeded")
+        return 0
+
+
+def kill_group(pgid: int, grace: float = KILL_GRACE_S) -> None:
+    """SIGTERM the process group, SIGKILL what is left after ``grace`` seconds."""
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        return
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def finalize_after_exit(run_dir: str, exit_code: int) -> None:
+    """Run by the job wrapper when the runner is gone: kill leftovers, finalise the status."""
+    try:
+        with open(os.path.join(run_dir, "child_pgids"), encoding="utf-8") as handle:
+            for line in handle:
+                if line.strip().isdigit():
+                    kill_group(int(line), grace=2)
+    except FileNotFoundError:
+        pass
+    path = os.path.join(run_dir, "status.json")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            status = json.load(handle)
+    except (OSError, ValueError):
+        status = {"phase": "starting", "rounds": []}
+    if status.get("final"):
+        return
+    why = {124: "the attempt hit its time limit and was killed", 137: "the runner was killed (SIGKILL)",
+           143: "the runner was terminated (SIGTERM)"}.get(exit_code, f"the runner ended with exit {exit_code}")
+    stamp = now()
+    status.update(state="killed" if exit_code in (124, 137, 143) else "failed", final=True, ended_at=stamp,
+                  error=f"{why} during {status.get('phase', 'an unknown phase')}", updated_at=stamp, exit_code=exit_code)
+    write_atomic(path, json.dumps(status, indent=1, sort_keys=True))
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) == 3 and argv[0] == "finalize":
+        finalize_after_exit(argv[1], int(argv[2]) if argv[2].lstrip("-").isdigit() else 1)
+        return 0
+    if len(argv) != 2 or argv[0] != "run":
+        print("usage: runner.py run RUN_DIR | runner.py finalize RUN_DIR EXIT_CODE", file=sys.stderr)
+        return 2
+    attempt = Attempt(argv[1])
+
+    def terminated(signum, _frame):
+        attempt.kill_children()
+        attempt.finalise("killed", f"terminated by signal {signum} during {attempt.status.get('phase')}")
+        os._exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, terminated)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        return attempt.run()
+    except RunnerError as exc:
+        attempt.finalise("failed", str(exc))
+    except Exception as exc:  # the status must say what broke, whatever it was
+        attempt.finalise("failed", f"runner crashed in {attempt.status.get('phase')}: {exc!r}\n"
+                                   f"{tail(traceback.format_exc(), 12)}")
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
