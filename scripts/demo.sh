@@ -16,11 +16,20 @@ if [ "$keep" -eq 0 ]; then
     trap 'python tools/localcluster.py down >/dev/null' EXIT
 fi
 ansible-playbook bootstrap.yml
-# The agent runner is not built yet: each spec's job only says what it would hand to an
-# agent. A separate database keeps the demo from marking the example specs done for real.
+# A separate database keeps the demo from marking the example specs done in the main one.
 home="${SPECFLEET_HOME:-$HOME/.local/state/specfleet}"
 export SPECFLEET_DB="$home/demo.db"
 rm -f "$SPECFLEET_DB" "$SPECFLEET_DB-wal" "$SPECFLEET_DB-shm"
-ansible-playbook dispatch.yml -e project=clawmarketing \
-    -e 'specfleet_job_command=echo "would hand $SPECFLEET_TASK_ID to an agent, then run: $SPECFLEET_VERIFY"; sleep 1'
-echo "STOPPED: the specs were scheduled and run as placeholder jobs; the coding-agent runner is not built yet."
+executor=replay
+if [ -n "${ANTHROPIC_API_KEY:-}" ]; then
+    executor=claude
+    echo "demo: ANTHROPIC_API_KEY is set: every spec runs with Claude Code (executor claude)"
+else
+    echo "demo: no model key: executor 'replay' applies recorded agent sessions; NO MODEL RUNS"
+fi
+ansible-playbook dispatch.yml -e project=clawmarketing -e specfleet_executor=$executor
+repo="$home/repos/clawmarketing"
+echo
+echo "Results: branches specfleet/clawmarketing/<task id> in $repo"
+git -C "$repo" for-each-ref --format='  %(refname:short) %(objectname:short) %(subject)' 'refs/heads/specfleet/'
+echo "Logs, prompts, patches and status of every attempt: $home/artifacts/clawmarketing/"

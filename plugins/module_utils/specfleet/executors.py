@@ -79,7 +79,8 @@ def check_definition(name: str, data: Any) -> dict:
         try:
             re.compile(pattern)
         except re.error as exc:
-            raise _problem(name, "rate_limit_patterns", f"has {pattern!r}, which is not a valid regular expression: {exc}")
+            raise _problem(name, "rate_limit_patterns",
+                           f"has {pattern!r}, which is not a valid regular expression: {exc}") from exc
     out["rate_limit_patterns"] = list(patterns)
     for key, default in (("backoff", 30), ("timeout", None)):
         if data.get(key) is None:
@@ -88,7 +89,7 @@ def check_definition(name: str, data: Any) -> dict:
         try:
             out[key] = parse_duration(data[key])
         except ValueError as exc:
-            raise _problem(name, key, str(exc))
+            raise _problem(name, key, str(exc)) from exc
     fallback = data.get("fallback")
     if fallback is not None and not isinstance(fallback, str):
         raise _problem(name, "fallback", "must be the name of another executor")

@@ -1,0 +1,177 @@
+# Copyright: specfleet contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Action plugin for ``specfleet_attempt`` (documentation in ``library/specfleet_attempt.py``).
+
+Runs delegated to the spec's node. ``state=started`` brings the node's mirror up to
+date, builds the prompt and ``job.json`` on the controller (``specfleet.attempt``),
+copies them with the runner into the run directory and starts the runner detached
+(``specfleet.jobs``). ``state=collected`` brings the run directory's files back to the
+artifacts directory, imports the spec's branch and records the attempt. Secrets travel
+only as a file copied over SFTP/SCP, never on a command line.
+"""
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+import tempfile
+from pathlib import Path
+
+from ansible.plugins.action import ActionBase
+
+_CORE = str(Path(__file__).resolve().parents[1] / "module_utils")
+if _CORE not in sys.path:
+    sys.path.insert(0, _CORE)
+
+from specfleet import attempt as attempts  # noqa: E402
+from specfleet import jobs, workspace  # noqa: E402
+from specfleet.store import StoreError  # noqa: E402
+
+ARGUMENT_SPEC = {
+    "state": {"type": "str", "choices": ["started", "collected"], "required": True},
+    "root": {"type": "str", "required": True},
+    "project": {"type": "str", "required": True},
+    "task_id": {"type": "str", "required": True},
+    "attempt": {"type": "int", "required": True},
+    "run_id": {"type": "str", "required": True},
+    "node": {"type": "str", "required": True},
+    "timeout": {"type": "int", "default": 3600},
+    "db": {"type": "path"},
+    "specs_root": {"type": "path"},
+    "artifacts": {"type": "path"},
+    "executors": {"type": "raw"},
+    "node_environment": {"type": "str", "default": ""},
+    "prompt_budget": {"type": "int", "default": 60000},
+    "python": {"type": "str", "default": "python3"},
+    "executor": {"type": "str"},
+}
+FINALIZE = '{python} ./runner.py finalize "$PWD" "$rc" >> runner-finalize.log 2>&1'
+
+
+class ActionModule(ActionBase):
+    TRANSFERS_FILES = True
+    _VALID_ARGS = frozenset(ARGUMENT_SPEC)
+
+    def run(self, tmp=None, task_vars=None):
+        result = super().run(tmp, task_vars)
+        self._vars = task_vars or {}
+        _spec, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
+        try:
+            run = jobs.run_dir(args["root"], args["project"], args["task_id"], args["attempt"], args["run_id"])
+        except jobs.JobError as exc:
+            return dict(result, failed=True, msg=str(exc))
+        result["run_dir"] = run
+        if self._task.check_mode:
+            return dict(result, skipped=True, msg="check mode: no attempt started or collected")
+        try:
+            if args["state"] == "started":
+                return self._start(result, args, run)
+            return self._collect(result, args, run)
+        except (attempts.AttemptError, workspace.GitError, jobs.JobError, StoreError) as exc:
+            return dict(result, failed=True, msg=str(exc))
+
+    # -- helpers ----------------------------------------------------------------------
+
+    def _shell(self, script: str) -> dict:
+        return self._low_level_execute_command(script.rstrip("\n"), sudoable=False)
+
+    def _lookup(self, name: str):
+        value = self._vars.get(name)
+        if value is None:
+            return None
+        return str(self._templar.template(value))
+
+    def _executors(self, args: dict):
+        value = args["executors"] if args["executors"] is not None else self._vars.get("specfleet_executors")
+        return self._templar.template(value) if value is not None else None
+
+    # -- started ----------------------------------------------------------------------
+
+    def _start(self, result: dict, args: dict, run: str) -> dict:
+        mirror = workspace.mirror_dir(args["root"], args["project"])
+        probe = self._shell(workspace.mirror_probe_script(mirror, run))
+        if probe["rc"] != 0:
+            return dict(result, failed=True, specfleet_infrastructure=True,
+                        msg=f"could not prepare {mirror} on {args['node']}: {probe['stderr'].strip()[-500:]}")
+        home, attached, tips = workspace.parse_probe(probe["stdout"])
+        if attached:
+            return dict(result, changed=False, attached=True, msg="already started: attached to it")
+        prepared = attempts.prepare(
+            db=args["db"], specs_root=args["specs_root"], project=args["project"], task_id=args["task_id"],
+            attempt=args["attempt"], run_id=args["run_id"], node=args["node"], root=args["root"], home=home,
+            executors=self._executors(args), lookup=self._lookup, node_environment=args["node_environment"],
+            budget=args["prompt_budget"], executor=args["executor"])
+        on_node = run.replace("~", home, 1) if run.startswith("~/") else run
+        mirror_on_node = prepared.job["mirror"]
+        if prepared.config.transport == "bundle":
+            with tempfile.TemporaryDirectory(prefix="specfleet-bundle-") as scratch:
+                bundle = Path(scratch) / "sync.bundle"
+                refs = workspace.bundle_for_node(prepared.config.repository, prepared.start, tips, bundle)
+                if refs:
+                    remote_bundle = f"{on_node}/sync.bundle"
+                    self._transfer_file(str(bundle), remote_bundle)
+                    fetched = self._shell(workspace.mirror_fetch_script(mirror_on_node, remote_bundle, refs))
+                    if fetched["rc"] != 0:
+                        return dict(result, failed=True, specfleet_infrastructure=True,
+                                    msg=f"the node could not fetch the bundle into {mirror_on_node}: "
+                                        f"{fetched['stderr'].strip()[-500:]}")
+        core = Path(_CORE) / "specfleet"
+        files = {name: (core / name).read_bytes() for name in attempts.RUNNER_FILES}
+        files["job.json"] = json.dumps(prepared.job, indent=1).encode()
+        files["prompt.md"] = prepared.prompt.encode()
+        if prepared.recording is not None:
+            files["recording.patch"] = prepared.recording
+        if prepared.secrets:
+            files["secrets.json"] = json.dumps(prepared.secrets).encode()
+        for name, data in files.items():
+            self._transfer_data(f"{on_node}/{name}", data)
+        command = f'exec {shlex.quote(args["python"])} "$SPECFLEET_RUN_DIR/runner.py" run "$SPECFLEET_RUN_DIR"'
+        script = jobs.launch_script(run, prepared.job["workspace"], command, {}, args["timeout"],
+                                    on_exit=FINALIZE.format(python=shlex.quote(args["python"])))
+        answer = self._shell(script)
+        if answer["rc"] != 0:
+            return dict(result, failed=True, specfleet_infrastructure=True,
+                        msg=f"could not start the runner in {run}: {(answer['stderr'] or answer['stdout']).strip()}")
+        attached = "ATTACHED" in answer["stdout"]
+        return dict(result, changed=not attached, attached=attached, executors=[e["name"] for e in prepared.job["executors"]],
+                    base=prepared.start.base, base_ref=prepared.start.base_ref, notes=prepared.notes,
+                    prompt_left_out=prepared.left_out, workspace=prepared.job["workspace"],
+                    merged_dependencies=[d["task_id"] for d in prepared.start.merge],
+                    msg=f"started with {prepared.job['executors'][0]['name']} on {args['node']}")
+
+    # -- collected --------------------------------------------------------------------
+
+    def _collect(self, result: dict, args: dict, run: str) -> dict:
+        folder = workspace.artifacts_dir(args["project"], args["task_id"], args["attempt"], args["run_id"],
+                                         args["artifacts"])
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        listing = self._shell(f"cd {jobs.shell_path(run)} && ls -1")
+        if listing["rc"] != 0:
+            return dict(result, failed=True, msg=f"the run directory {run} is gone: {listing['stderr'].strip()}")
+        home = self._shell('echo "$HOME"')["stdout"].strip()
+        on_node = run.replace("~", home, 1) if run.startswith("~/") else run
+        wanted = [n for n in listing["stdout"].split() if attempts.ARTIFACT_PATTERNS.match(n)]
+        for name in wanted:
+            self._connection.fetch_file(f"{on_node}/{name}", str(folder / name))
+        secrets = self._secret_values(args)
+        attempts.scrub(folder, secrets)
+        outcome = attempts.collect(db=args["db"], specs_root=args["specs_root"], project=args["project"],
+                                   task_id=args["task_id"], attempt=args["attempt"], run_id=args["run_id"],
+                                   folder=folder)
+        result.update(outcome, changed=outcome["ok"])
+        if not outcome["ok"]:
+            result["failed"] = True
+        return result
+
+    def _secret_values(self, args: dict) -> list[str]:
+        values = []
+        definitions = self._executors(args) or {}
+        for definition in definitions.values() if isinstance(definitions, dict) else []:
+            for var in (definition or {}).get("env_from_vars", {}).values():
+                try:
+                    value = self._lookup(var)
+                except Exception:  # an undefined or broken variable has no value to scrub
+                    value = None
+                if value:
+                    values.append(value)
+        return values

@@ -1,0 +1,169 @@
+# Copyright: specfleet contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The controller's side of a spec's git work: base, dependencies, mirrors, results.
+
+Branches in the project's repository:
+
+* ``specfleet/<project>/integration``: where verified work lands (the merge issue); a
+  spec starts from it when it exists, else from the project's ``base_branch``;
+* ``specfleet/<project>/<task id>``: the spec's collected result.
+
+Each node keeps a bare mirror per project (``<work root>/mirrors/<project>.git``). With
+the default ``bundle`` transport the controller sends a ``git bundle`` holding only the
+commits the node lacks (the node's ref tips are the bundle's prerequisites) and the node
+fetches it under ``flock``; results come back as a bundle too. With ``remote``, nodes
+fetch from the repository URL and push the spec's branch there.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from .jobs import _project_path, component, shell_path
+from .settings import specfleet_home
+
+
+class GitError(Exception):
+    pass
+
+
+def spec_branch(project: str, task_id: str) -> str:
+    return f"specfleet/{project}/{task_id}"
+
+
+def integration_branch(project: str) -> str:
+    return f"specfleet/{project}/integration"
+
+
+def mirror_dir(root: str, project: str) -> str:
+    return "/".join([root.rstrip("/") or "/", "mirrors", *_project_path(project)]) + ".git"
+
+
+def artifacts_dir(project: str, task_id: str, attempt: int, run_id: str, base: str | None = None) -> Path:
+    """``$SPECFLEET_HOME/artifacts/<project>/<task id>/<attempt>-<run id>`` on the controller."""
+    root = Path(base).expanduser() if base else specfleet_home() / "artifacts"
+    return root.joinpath(*_project_path(project), component(task_id, "task id"),
+                         component(f"{attempt}-{run_id}", "attempt and run id"))
+
+
+def git(repository: str, *args: str, check: bool = True, timeout: float = 300) -> str:
+    result = subprocess.run(["git", "-C", repository, *args], capture_output=True, text=True, timeout=timeout,
+                            env=dict(os.environ, GIT_TERMINAL_PROMPT="0", LC_ALL="C"), check=False)
+    if check and result.returncode != 0:
+        raise GitError(f"git {' '.join(args[:2])} in {repository}: "
+                       + (result.stderr.strip().splitlines() or ["failed"])[-1])
+    return result.stdout
+
+
+def _tips(repository: str, remote: bool, refs: list[str]) -> dict[str, str]:
+    if remote:
+        out = git(os.getcwd(), "ls-remote", repository, *refs)
+        return {ref: sha for sha, ref in (line.split("\t", 1) for line in out.splitlines() if "\t" in line)}
+    tips = {}
+    for ref in refs:
+        sha = git(repository, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}", check=False).strip()
+        if sha:
+            tips[ref] = sha
+    return tips
+
+
+@dataclass
+class Start:
+    """Where a spec's workspace starts: the base and its dependencies' collected branches."""
+
+    base_ref: str
+    base: str
+    merge: list[dict]            # [{"task_id", "ref", "commit"}], in depends_on order
+
+    @property
+    def refs(self) -> dict[str, str]:
+        return {self.base_ref: self.base, **{d["ref"]: d["commit"] for d in self.merge}}
+
+
+def resolve_start(repository: str, remote: bool, project: str, base_branch: str, depends_on: list[str]) -> Start:
+    integration = f"refs/heads/{integration_branch(project)}"
+    base = f"refs/heads/{base_branch}"
+    deps = {d: f"refs/heads/{spec_branch(project, d)}" for d in depends_on}
+    tips = _tips(repository, remote, [integration, base, *deps.values()])
+    base_ref = integration if integration in tips else base
+    if base_ref not in tips:
+        raise GitError(f"branch {base_branch!r} does not exist in {repository}")
+    missing = [d for d, ref in deps.items() if ref not in tips]
+    if missing:
+        raise GitError("dependencies without a collected branch: " + ", ".join(missing)
+                       + f" (expected {', '.join(deps[d] for d in missing)} in {repository})")
+    return Start(base_ref, tips[base_ref], [{"task_id": d, "ref": ref, "commit": tips[ref]} for d, ref in deps.items()])
+
+
+def bundle_for_node(repository: str, start: Start, node_tips: list[str], dest: Path) -> list[str]:
+    """Write a bundle of the start refs minus what the node has; -> the refs it holds.
+
+    A ref whose commit the node already has is left out by git, so the node fetches only
+    the refs listed here (none: the node has everything and no bundle was written).
+    """
+    if set(start.refs.values()) <= set(node_tips):
+        return []
+    known = [sha for sha in node_tips if subprocess.run(["git", "-C", repository, "cat-file", "-e", f"{sha}^{{commit}}"],
+                                                        capture_output=True).returncode == 0]
+    result = subprocess.run(["git", "-C", repository, "bundle", "create", "-q", str(dest), *start.refs,
+                             *[f"^{sha}" for sha in known]], capture_output=True, text=True)
+    if result.returncode != 0:
+        if "empty bundle" in result.stderr:
+            return []
+        raise GitError(f"git bundle create in {repository}: {result.stderr.strip()[-300:]}")
+    heads = git(repository, "bundle", "list-heads", str(dest))
+    return [line.split(" ", 1)[1] for line in heads.splitlines() if " " in line]
+
+
+def mirror_probe_script(mirror: str, run: str) -> str:
+    """Create the mirror if needed; print HOME, ATTACHED (job already started) and the mirror's tips."""
+    m, r = shell_path(mirror), shell_path(run)
+    return (
+        "umask 077; set -e\n"
+        'echo "HOME=$HOME"\n'
+        f"mkdir -p {r} \"$(dirname {m})\"\n"
+        f"[ -e {r}/wrapper_pid ] && echo ATTACHED\n"
+        f"if [ ! -e {m}/HEAD ]; then flock {m}.lock sh -c 'test -e \"$1/HEAD\" || "
+        "{ git init -q --bare \"$1\" && git --git-dir \"$1\" config gc.auto 0 && "
+        "git --git-dir \"$1\" config gc.pruneExpire never; }' _ " + m + "; fi\n"
+        f"echo TIPS; git --git-dir {m} for-each-ref --format='%(objectname)'\n"
+    )
+
+
+def mirror_fetch_script(mirror: str, bundle: str, refs: list[str]) -> str:
+    m, b = shell_path(mirror), shell_path(bundle)
+    specs = " ".join(shlex.quote(f"+{ref}:{ref}") for ref in refs)
+    return (f"flock {m}.lock git --git-dir {m} fetch -q --no-tags {b} {specs}; rc=$?; rm -f {b}; exit $rc\n")
+
+
+def parse_probe(stdout: str) -> tuple[str, bool, list[str]]:
+    head, _, tips = stdout.partition("TIPS\n")
+    home = next((line[5:] for line in head.splitlines() if line.startswith("HOME=")), "")
+    return home, "ATTACHED" in head.splitlines(), [t.strip() for t in tips.splitlines() if len(t.strip()) == 40]
+
+
+def import_result(repository: str, bundle: Path, branch: str, commit: str) -> None:
+    """Fetch the spec's branch from a result bundle; it must hold exactly ``commit``."""
+    git(repository, "bundle", "verify", "-q", str(bundle))
+    ref = f"refs/heads/{branch}"
+    git(repository, "fetch", "-q", "--no-tags", str(bundle), f"+{ref}:{ref}")
+    got = git(repository, "rev-parse", ref).strip()
+    if got != commit:
+        raise GitError(f"{ref} is {got} after the fetch, but the node committed {commit}")
+
+
+def check_pushed(repository: str, branch: str, commit: str) -> None:
+    tips = _tips(repository, True, [f"refs/heads/{branch}"])
+    if tips.get(f"refs/heads/{branch}") != commit:
+        raise GitError(f"{branch} at {repository} is {tips.get(f'refs/heads/{branch}') or 'missing'}, "
+                       f"not the node's commit {commit}")
+
+
+def read_at(repository: str, commit: str, path: str) -> str:
+    """A file of the repository at ``commit`` ('' if absent or when only a URL is known)."""
+    if not os.path.isdir(repository):
+        return ""
+    return git(repository, "show", f"{commit}:{path}", check=False)
