@@ -521,7 +521,8 @@ class Attempt:
             if not problems:
                 return self.commit(agent["executor"], changes)
             feedback.append(self.feedback(round_no, problems))
-        raise RunnerError(f"not done after {rounds_allowed} rounds: " + self.status["rounds"][-1]["problems"][0][:500])
+        last = [p.splitlines()[0].rstrip(":") for p in self.status["rounds"][-1]["problems"]]
+        raise RunnerError(f"not done after {rounds_allowed} round(s): " + "; ".join(last)[:1500])
 
     def feedback(self, round_no: int, problems: list[str]) -> str:
         text = "\n\n".join(problems)
