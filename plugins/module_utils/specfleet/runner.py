@@ -198,13 +198,13 @@ def is_test_path(path: str, extra: list[str] | tuple[str, ...] = ()) -> bool:
 
 def tests_counted(output: str) -> int:
     """How many tests the output says ran (0: no recognised test summary)."""
-    total = 0
-    for pattern in TEST_COUNTS:
-        for match in pattern.finditer(output):
-            total += int(match.group(1)) if match.groups() else 1
     if re.search(r"\bno tests ran\b|collected 0 items", output):
         return 0
-    return total
+    # Per runner, its summaries add up (several test commands); runners overlap, so take the largest.
+    best = 0
+    for pattern in TEST_COUNTS:
+        best = max(best, sum(int(m.group(1)) if m.groups() else 1 for m in pattern.finditer(output)))
+    return best
 
 
 def run_gates(changes: list[Change], added: dict[str, list[tuple[int, str]]], modifies: list[str],
