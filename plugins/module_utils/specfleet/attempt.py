@@ -94,6 +94,15 @@ def _siblings(store: Store, project: str, task_id: str) -> list[str]:
     return lines
 
 
+def _title(front_matter: dict, spec_text: str) -> str:
+    """The spec's title, else the first line of its goal: the subject of the result's commit."""
+    title = str(front_matter.get("title") or "").strip()
+    if not title:
+        goal = parse_sections(spec_text.split("\n---\n", 1)[-1])[0].get("goal", "").strip()
+        title = goal.splitlines()[0] if goal else ""
+    return title.lstrip("#-* ").strip()[:100]
+
+
 def _memory(store: Store, project: str, task_id: str) -> list[str]:
     lessons = store.lessons(project, limit=200)
     own = [lesson for lesson in lessons if lesson["task_id"] == task_id]
@@ -161,7 +170,7 @@ def prepare(*, db: str | None, specs_root: str | None, project: str, task_id: st
         siblings=siblings, environment=environment, budget=budget)
     job = {
         "project": project, "task_id": task_id, "attempt": attempt, "run_id": run_id, "node": node,
-        "title": str(front_matter.get("title") or "").strip()[:100],
+        "title": _title(front_matter, spec_text),
         "mirror": on_node(workspace.mirror_dir(root, project)), "workspace": work,
         "branch": workspace.spec_branch(project, task_id), "base": start.base, "base_ref": start.base_ref,
         "merge": [{"task_id": d["task_id"], "commit": d["commit"]} for d in start.merge],
