@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
+import subprocess
 from pathlib import Path
 
 from tests.conftest import spec_text
@@ -38,12 +39,24 @@ def test_bootstrap_limited_to_one_node_then_all_and_idempotent(cluster, fleet):
 JOB = "-e", "specfleet_job_command=true"
 
 
-def test_dispatch_without_a_job_command_says_why_and_queues_nothing(fleet):
-    run = fleet.playbook("dispatch.yml", "-e", "project=clawmarketing")
-    assert run.returncode == 2
-    assert "The coding-agent runner is not built yet" in run.output
-    assert "Check the worker nodes" not in run.output
-    assert not fleet.db.exists()
+def test_dispatch_replays_the_example_end_to_end_and_brings_back_every_branch(fleet):
+    # The README's main job: no model key, so the replay executor applies recorded sessions;
+    # the verify commands and gates run for real on the nodes.
+    run = fleet.playbook("dispatch.yml", "-e", "project=clawmarketing", "-e", "specfleet_executor=replay", timeout=600)
+    assert run.returncode == 0, run.output[-4000:]
+    assert "clawmarketing: 8 specs in this run: 8 completed" in run.output
+    repo = fleet.home / "repos" / "clawmarketing"
+    db = sqlite3.connect(fleet.db)
+    rows = db.execute("SELECT task_id, executor, commit_sha, branch FROM attempts WHERE project = 'clawmarketing'"
+                      " AND outcome = 'succeeded'").fetchall()
+    assert len(rows) == 8 and {r[1] for r in rows} == {"replay"}
+    for task_id, _executor, commit, branch in rows:
+        tip = subprocess.run(["git", "-C", str(repo), "rev-parse", branch], capture_output=True, text=True).stdout
+        assert tip.strip() == commit, task_id
+    # S08 started from S03 and S04 merged: its branch holds both.
+    tree = subprocess.run(["git", "-C", str(repo), "show", "specfleet/clawmarketing/S08-test-integration:"
+                           "backend/routers/posts.py"], capture_output=True, text=True).stdout
+    assert "def schedule_posts" in tree and "PermissionError" in tree
 
 
 def test_dispatch_runs_the_example_in_order_then_has_nothing_left(fleet):

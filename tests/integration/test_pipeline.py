@@ -166,11 +166,19 @@ def runs(cluster, tmp_path_factory):
     blocked = site.project("unbroughtback", {"u-one": {"modifies": ["feature/base.py"], "retries": 0}},
                            {"u-one": [{"write": {"feature/base.py": "BASE = 1\n"}}]})
     git(blocked, "branch", "specfleet/unbroughtback")
+    # Nodes fetch from and push to the repository themselves (transport: remote).
+    remote = site.project("remote", {"m-one": {"modifies": ["feature/m.py"]}},
+                          {"m-one": [{"write": {"feature/m.py": "M = 1\n"}}]})
+    bare = site.root / "remote.git"
+    subprocess.run(["git", "clone", "-q", "--bare", str(remote), str(bare)], check=True)
+    (site.specs / "remote" / "project.yml").write_text(f"repository: {bare}\ntransport: remote\n"
+                                                       "verify: python3 -m pytest -q\n")
+    site.repos["remote"] = bare
     # The fake agent looks up "<project>:<task>" before "<task>".
     scenario = json.loads(site.scenario.read_text())
     scenario["twin:g-ok"] = [{"write": {"feature/twin.py": "TWIN = True\n"}}]
     site.scenario.write_text(json.dumps(scenario))
-    processes = {name: site.start(name) for name in ("gates", "twin", "unbroughtback")}
+    processes = {name: site.start(name) for name in ("gates", "twin", "unbroughtback", "remote")}
     outputs = {name: p.communicate(timeout=900)[0] for name, p in processes.items()}
     return site, outputs
 
@@ -269,6 +277,15 @@ def test_a_branch_that_cannot_be_brought_back_is_not_done(runs):
     # The work is not lost: the bundle is kept among the artifacts.
     heads = git(site.repos["unbroughtback"], "bundle", "list-heads", str(folder / "result.bundle"))
     assert "refs/heads/specfleet/unbroughtback/u-one" in heads
+
+
+def test_remote_transport_fetches_and_pushes_from_the_nodes(runs):
+    site, outputs = runs
+    assert site.specs_of("remote")["m-one"]["state"] == "completed", outputs["remote"][-3000:]
+    status = site.status("remote", "m-one")
+    assert status.get("pushed") is True and "bundle" not in status
+    assert git(site.repos["remote"], "rev-parse", "specfleet/remote/m-one").strip() == status["commit"]
+    assert "M = 1" in git(site.repos["remote"], "show", "specfleet/remote/m-one:feature/m.py")
 
 
 def test_the_api_key_never_reaches_logs_status_store_or_artifacts(runs):

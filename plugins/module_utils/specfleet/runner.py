@@ -364,10 +364,12 @@ class Attempt:
         job = self.job
         mirror = os.path.expanduser(job["mirror"])
         if job.get("remote_url"):
-            locked = ["flock", mirror + ".lock"]
-            subprocess.run(locked + ["git", "--git-dir", mirror, "fetch", "-q", "--no-tags", job["remote_url"],
-                                     *[f"+{ref}:{ref}" for ref in job.get("remote_refs", [])]],
-                           check=True, capture_output=True, timeout=600)
+            fetched = subprocess.run(["flock", mirror + ".lock", "git", "--git-dir", mirror, "fetch", "-q", "--no-tags",
+                                      job["remote_url"], *[f"+{ref}:{ref}" for ref in job.get("remote_refs", [])]],
+                                     capture_output=True, text=True, timeout=600,
+                                     env=dict(os.environ, GIT_TERMINAL_PROMPT="0"))
+            if fetched.returncode != 0:
+                raise RunnerError(f"could not fetch {job['remote_url']} into {mirror}: {tail(fetched.stderr, 5)}")
         if os.path.isdir(os.path.join(self.workspace, ".git")):
             raise RunnerError(f"workspace {self.workspace} already exists: an attempt never reuses one")
         os.makedirs(self.workspace, exist_ok=True)
