@@ -106,7 +106,7 @@ def tail(text: str, lines: int = TAIL_LINES, limit: int = TAIL_BYTES) -> str:
 
 
 class Redactor:
-    """Replaces every secret value (and its common encodings' plain form) with ``***``."""
+    """Replaces every secret value with ``***`` (values under 4 characters are too short to find safely)."""
 
     def __init__(self, secrets: list[str]):
         self.values = sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)
