@@ -45,7 +45,14 @@ ARGUMENT_SPEC = {
     "python": {"type": "str", "default": "python3"},
     "executor": {"type": "str"},
 }
-FINALIZE = '{python} ./runner.py finalize "$PWD" "$rc" >> runner-finalize.log 2>&1'
+FINALIZE = '{python} ./runner.py finalize "$PWD" "$rc" >> runner-finalize.log 2>&1; rm -f secrets.json'
+
+
+def _python(value: str) -> str:
+    """The node's interpreter as shell words; Ansible's ``auto*`` discovery values mean python3."""
+    if not value or value.startswith("auto"):
+        return "python3"
+    return " ".join(shlex.quote(word) for word in shlex.split(value))
 
 
 class ActionModule(ActionBase):
@@ -67,7 +74,7 @@ class ActionModule(ActionBase):
             if args["state"] == "started":
                 return self._start(result, args, run)
             return self._collect(result, args, run)
-        except (attempts.AttemptError, workspace.GitError, jobs.JobError, StoreError) as exc:
+        except (attempts.AttemptError, workspace.GitError, jobs.JobError, StoreError, ValueError) as exc:
             return dict(result, failed=True, msg=str(exc))
 
     # -- helpers ----------------------------------------------------------------------
@@ -125,11 +132,13 @@ class ActionModule(ActionBase):
             files["secrets.json"] = json.dumps(prepared.secrets).encode()
         for name, data in files.items():
             self._transfer_data(f"{on_node}/{name}", data)
-        command = f'exec {shlex.quote(args["python"])} "$SPECFLEET_RUN_DIR/runner.py" run "$SPECFLEET_RUN_DIR"'
+        python = _python(args["python"])
+        command = f'exec {python} "$SPECFLEET_RUN_DIR/runner.py" run "$SPECFLEET_RUN_DIR"'
         script = jobs.launch_script(run, prepared.job["workspace"], command, {}, args["timeout"],
-                                    on_exit=FINALIZE.format(python=shlex.quote(args["python"])))
+                                    on_exit=FINALIZE.format(python=python))
         answer = self._shell(script)
         if answer["rc"] != 0:
+            self._shell(f"rm -f {jobs.shell_path(on_node + '/secrets.json')}")
             return dict(result, failed=True, specfleet_infrastructure=True,
                         msg=f"could not start the runner in {run}: {(answer['stderr'] or answer['stdout']).strip()}")
         attached = "ATTACHED" in answer["stdout"]

@@ -212,7 +212,7 @@ def test_a_passing_spec_lands_on_its_branch_with_every_gate_passed(runs):
     assert git(repo, "rev-parse", branch).strip() == status["commit"] == attempt["commit_sha"]
     assert "g-ok" in git(repo, "log", "-1", "--format=%B", branch)
     assert status["rounds"][-1]["gates"] == {"diff": True, "stubs": True, "scope": True, "tests_kept": True,
-                                             "tests_ran": True}
+                                             "tests_ran": True, "secrets": True}
     assert attempt["executor"] == "claude" and attempt["rounds"] == 1
     # legacy.py's old TODO is in an untouched line: it did not fail the stubs gate.
 

@@ -282,3 +282,31 @@ def test_a_used_workspace_is_never_reused(tmp_path, repo):
     status = json.loads((run / "status.json").read_text())
     assert status["state"] == "failed" and "not empty" in status["error"]
     assert (tmp_path / "ws" / "left-over").read_text() == "someone's work"
+
+
+def test_a_secret_written_into_the_code_fails_closed_and_stays_out_of_every_file(tmp_path, repo):
+    run = make_run(tmp_path, repo, [{"write": {"app.py": "TOKEN = 'tok-secret-value'\n"}}])
+    subprocess.run([sys.executable, str(RUNNER), "run", str(run)], capture_output=True)
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "failed" and "gate secrets" in status["error"] and "claude:TOKEN" in status["error"]
+    assert not (run / "result.bundle").exists()
+    assert "tok-secret-value" not in "".join(p.read_text(errors="replace") for p in run.iterdir() if p.is_file())
+
+
+def test_an_unreadable_job_file_is_reported_and_the_secrets_file_removed(tmp_path, repo):
+    run = make_run(tmp_path, repo, [{}])
+    (run / "job.json").write_text("{not json")
+    assert subprocess.run([sys.executable, str(RUNNER), "run", str(run)], capture_output=True).returncode == 1
+    status = json.loads((run / "status.json").read_text())
+    assert status["final"] and "could not start" in status["error"] and not (run / "secrets.json").exists()
+
+
+def test_the_attempt_time_limit_bounds_each_run(tmp_path, repo):
+    run = make_run(tmp_path, repo, [{"hang": True}], executor_timeout=3600)
+    job = json.loads((run / "job.json").read_text())
+    job["attempt_timeout_s"] = 5            # minus a 0.5 s reserve: the agent gets about 4.5 s
+    (run / "job.json").write_text(json.dumps(job))
+    subprocess.run([sys.executable, str(RUNNER), "run", str(run)], capture_output=True, timeout=120)
+    status = json.loads((run / "status.json").read_text())
+    # The executor's own limit is an hour: only the attempt's budget can have ended the run.
+    assert status["final"] and status["rounds"][0]["timed_out"] is True

@@ -176,7 +176,7 @@ def prepare(*, db: str | None, specs_root: str | None, project: str, task_id: st
         "merge": [{"task_id": d["task_id"], "commit": d["commit"]} for d in start.merge],
         "verify": row.verify, "verify_timeout_s": parse_duration(config.verify_timeout), "retries": row.retries,
         "modifies": list(row.modifies), "test_paths": list(config.test_paths), "exclude": list(config.exclude),
-        "require_tests": bool(config.require_tests), "executors": chain,
+        "require_tests": bool(config.require_tests), "executors": chain, "attempt_timeout_s": row.timeout_s,
         "identity": identity or {"name": "specfleet", "email": "specfleet@localhost"},
     }
     if remote:
@@ -209,6 +209,8 @@ def collect(*, db: str | None, specs_root: str | None, project: str, task_id: st
     try:
         status = json.loads(status_path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
+        status = {}
+    if not isinstance(status, dict) or not status:
         status = {"state": "missing", "error": "the runner left no readable status.json"}
     rounds = status.get("rounds") or []
     executor = status.get("executor") or (rounds[-1].get("executor") if rounds else None)

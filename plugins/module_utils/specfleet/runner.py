@@ -253,16 +253,16 @@ def run_gates(changes: list[Change], added: dict[str, list[tuple[int, str]]], mo
 class Attempt:
     def __init__(self, run_dir: str):
         self.run_dir = os.path.abspath(run_dir)
+        self.secrets = self._load_secrets()       # first: the file must go whatever else fails
         with open(self.path("job.json"), encoding="utf-8") as handle:
             self.job = json.load(handle)
-        self.secrets = self._load_secrets()
         self.redact = Redactor([v for env in self.secrets.values() for v in env.values()])
         self.status: dict = {"state": "running", "phase": "starting", "task_id": self.job["task_id"],
                              "project": self.job["project"], "attempt": self.job["attempt"],
                              "run_id": self.job["run_id"], "pid": os.getpid(), "pgid": os.getpgid(0),
                              "started_at": now(), "rounds": [], "executor": None, "final": False}
         self.children: set[int] = set()
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()   # the SIGTERM handler may save while the main thread is saving
         self.workspace = os.path.expanduser(self.job["workspace"])
         self.start_commit: str | None = None
 
@@ -349,7 +349,8 @@ class Attempt:
 
     def git(self, *args: str, cwd: str | None = None, check: bool = True, input_text: str | None = None) -> str:
         identity = self.job.get("identity") or {}
-        cmd = ["git", "-c", f"user.name={identity.get('name', 'specfleet')}",
+        cmd = ["git", "-c", "core.quotePath=false", "-c", "core.attributesFile=/dev/null", "-c", "diff.noprefix=false",
+               "-c", "diff.mnemonicPrefix=false", "-c", f"user.name={identity.get('name', 'specfleet')}",
                "-c", f"user.email={identity.get('email', 'specfleet@localhost')}", "-c", "core.hooksPath=/dev/null",
                "-c", "commit.gpgsign=false", *args]
         result = subprocess.run(cmd, cwd=cwd or self.workspace, capture_output=True, text=True, input=input_text,
@@ -395,13 +396,19 @@ class Attempt:
         self.save(base=job["base"], start_commit=self.start_commit, merged_dependencies=merged,
                   workspace=self.workspace, branch=job["branch"])
 
-    def diff(self) -> tuple[list[Change], dict[str, list[tuple[int, str]]]]:
+    def diff(self) -> tuple[list[Change], dict[str, list[tuple[int, str]]], list[str]]:
+        """Stage everything; -> changes, added lines, and the names of secrets found in the diff."""
+        # An agent that committed on its own: its commits are folded into the one final commit.
+        self.git("reset", "-q", "--soft", self.start_commit)
         self.git("add", "-A")
         changes = parse_name_status(self.git("diff", "--cached", "--name-status", "-z", "-M", self.start_commit))
-        added = added_lines(self.git("diff", "--cached", "-U0", "--no-color", "--no-ext-diff", self.start_commit))
-        patch = self.git("diff", "--cached", "--binary", self.start_commit)
+        added = added_lines(self.git("diff", "--cached", "-U0", "--no-color", "--no-ext-diff", "--no-textconv", "--text",
+                                     "--src-prefix=a/", "--dst-prefix=b/", self.start_commit))
+        patch = self.git("diff", "--cached", "--binary", "--no-textconv", self.start_commit)
+        leaked = [f"{executor}:{name}" for executor, env in self.secrets.items() for name, value in env.items()
+                  if len(value) >= 4 and value in patch]
         write_atomic(self.path("changes.patch"), self.redact(patch), 0o644)
-        return changes, added
+        return changes, added, leaked
 
     # agent ----------------------------------------------------------------------------
 
@@ -426,7 +433,7 @@ class Attempt:
             else:
                 try:
                     rc, output, timed_out = self.run_process(
-                        executor.argv(prompt_text, prompt_file), log, executor.timeout_s,
+                        executor.argv(prompt_text, prompt_file), log, self.budget(executor.timeout_s),
                         stdin_path=prompt_file if executor.prompt == "stdin" else None, env=self.agent_env(executor))
                 except OSError as exc:
                     rc, output, timed_out = 127, f"cannot run {executor.command[:1]}: {exc}", False
@@ -470,7 +477,21 @@ class Attempt:
         self.save(phase=f"verify round {round_no}")
         env = dict(os.environ, CI="1", SPECFLEET_WORKSPACE=self.workspace)
         return self.run_process(["/bin/sh", "-c", self.job["verify"]], f"round-{round_no}.verify.log",
-                                float(self.job.get("verify_timeout_s", 1200)), env=env)
+                                self.budget(float(self.job.get("verify_timeout_s", 1200))), env=env)
+
+    def budget(self, limit: float) -> float:
+        """``limit``, cut to what is left of the attempt's time (minus a reserve for gates and commit).
+
+        The job wrapper kills everything at the attempt's timeout; giving each run only the
+        time left means a slow round ends as a timed-out round, with its patch and feedback.
+        """
+        total = float(self.job.get("attempt_timeout_s") or 0)
+        if not total:
+            return limit
+        left = self.status["started_at"] + total - min(60.0, total / 10) - now()
+        if left <= 1:
+            raise RunnerError(f"the attempt's time limit ({total:g} s) is used up")
+        return min(limit, left)
 
     # the loop -------------------------------------------------------------------------
 
@@ -512,9 +533,13 @@ class Attempt:
                 elif rc != 0:
                     problems.append(f"verify `{job['verify']}` failed with exit {rc}:\n{tail(verify_output)}")
             self.save(phase=f"gates round {round_no}")
-            changes, added = self.diff()
+            changes, added, leaked = self.diff()
             gates = run_gates(changes, added, job.get("modifies", []), job.get("test_paths", []),
                               verify_output if not problems else None, job.get("require_tests", True))
+            gates.append({"gate": "secrets", "ok": not leaked, "problems": leaked,
+                          "detail": ("the changes contain the value of " + ", ".join(leaked)) if leaked
+                          else "no secret value in the changes"})
+            gates = json.loads(self.redact(json.dumps(gates)))
             write_atomic(self.path(f"round-{round_no}.gates.json"), json.dumps(gates, indent=1), 0o644)
             problems += [f"gate {g['gate']}: {g['detail']}" for g in gates if not g["ok"]]
             record.update(ended_at=now(), ok=not problems, problems=[p[:2000] for p in problems],
@@ -574,8 +599,11 @@ def kill_group(pgid: int, grace: float = KILL_GRACE_S) -> None:
         pass
 
 
-def finalize_after_exit(run_dir: str, exit_code: int) -> None:
-    """Run by the job wrapper when the runner is gone: kill leftovers, finalise the status."""
+def finalize_after_exit(run_dir: str, exit_code: int, error: str | None = None) -> None:
+    """Run by the job wrapper when the runner is gone: kill leftovers, remove what must not stay, finalise."""
+    for name in os.listdir(run_dir):
+        if name == "secrets.json" or name.endswith(".raw"):
+            os.unlink(os.path.join(run_dir, name))
     try:
         with open(os.path.join(run_dir, "child_pgids"), encoding="utf-8") as handle:
             for line in handle:
@@ -589,13 +617,16 @@ def finalize_after_exit(run_dir: str, exit_code: int) -> None:
             status = json.load(handle)
     except (OSError, ValueError):
         status = {"phase": "starting", "rounds": []}
+    if not isinstance(status, dict):
+        status = {"phase": "starting", "rounds": []}
     if status.get("final"):
         return
     why = {124: "the attempt hit its time limit and was killed", 137: "the runner was killed (SIGKILL)",
            143: "the runner was terminated (SIGTERM)"}.get(exit_code, f"the runner ended with exit {exit_code}")
     stamp = now()
     status.update(state="killed" if exit_code in (124, 137, 143) else "failed", final=True, ended_at=stamp,
-                  error=f"{why} during {status.get('phase', 'an unknown phase')}", updated_at=stamp, exit_code=exit_code)
+                  error=error or f"{why} during {status.get('phase', 'an unknown phase')}", updated_at=stamp,
+                  exit_code=exit_code)
     write_atomic(path, json.dumps(status, indent=1, sort_keys=True))
 
 
@@ -606,7 +637,11 @@ def main(argv: list[str]) -> int:
     if len(argv) != 2 or argv[0] != "run":
         print("usage: runner.py run RUN_DIR | runner.py finalize RUN_DIR EXIT_CODE", file=sys.stderr)
         return 2
-    attempt = Attempt(argv[1])
+    try:
+        attempt = Attempt(argv[1])
+    except Exception as exc:  # unreadable job.json: say so in the status, never crash silently
+        finalize_after_exit(argv[1], 1, f"the runner could not start: {exc!r}")
+        return 1
 
     def terminated(signum, _frame):
         attempt.kill_children()
