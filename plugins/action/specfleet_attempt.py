@@ -108,7 +108,7 @@ class ActionModule(ActionBase):
             attempt=args["attempt"], run_id=args["run_id"], node=args["node"], root=args["root"], home=home,
             executors=self._executors(args), lookup=self._lookup, node_environment=args["node_environment"],
             budget=args["prompt_budget"], executor=args["executor"])
-        on_node = run.replace("~", home, 1) if run.startswith("~/") else run
+        on_node = workspace.on_node(run, home)
         mirror_on_node = prepared.job["mirror"]
         if prepared.config.transport == "bundle":
             with tempfile.TemporaryDirectory(prefix="specfleet-bundle-") as scratch:
@@ -154,14 +154,15 @@ class ActionModule(ActionBase):
         folder = workspace.artifacts_dir(args["project"], args["task_id"], args["attempt"], args["run_id"],
                                          args["artifacts"])
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        listing = self._shell(f"cd {jobs.shell_path(run)} && ls -1")
-        if listing["rc"] != 0:
-            return dict(result, failed=True, msg=f"the run directory {run} is gone: {listing['stderr'].strip()}")
-        home = self._shell('echo "$HOME"')["stdout"].strip()
-        on_node = run.replace("~", home, 1) if run.startswith("~/") else run
-        wanted = [n for n in listing["stdout"].split() if attempts.ARTIFACT_PATTERNS.match(n)]
-        for name in wanted:
-            self._connection.fetch_file(f"{on_node}/{name}", str(folder / name))
+        # One command packs the artifacts, one transfer brings them back.
+        packed = self._shell(workspace.collect_script(run, attempts.ARTIFACT_NAMES))
+        if packed["rc"] != 0 or "PACKED" not in packed["stdout"]:
+            return dict(result, failed=True, msg=f"could not pack the run directory {run}: "
+                                                 f"{(packed['stderr'] or packed['stdout']).strip()[-500:]}")
+        home, _attached, _tips = workspace.parse_probe(packed["stdout"])
+        archive = folder / "collect.tar"
+        self._connection.fetch_file(f"{workspace.on_node(run, home)}/collect.tar", str(archive))
+        attempts.unpack(archive, folder)
         secrets = self._secret_values(args)
         attempts.scrub(folder, secrets)
         outcome = attempts.collect(db=args["db"], specs_root=args["specs_root"], project=args["project"],

@@ -51,8 +51,7 @@ SCENARIOS: dict[str, tuple[dict, object]] = {
                 [{"write": {"feature/triple.py": "def triple(x):\n    return 3 * x\n",
                             "other/sneaky.py": "VALUE = 1\n"}}]),
     "g-deltest": ({"modifies": ["feature/", "tests/"], "retries": 0},
-                  [{"write": {"feature/neg.py": "def neg(x):\n    return -x\n"}, "delete": ["tests/test_calc.py"],
-                    "append": {"calc.py": ""}}]),
+                  [{"write": {"feature/neg.py": "def neg(x):\n    return -x\n"}, "delete": ["tests/test_calc.py"]}]),
     "g-skip": ({"modifies": ["feature/", "tests/"], "retries": 0},
                [{"write": {"feature/sq.py": "def sq(x):\n    return x * x\n",
                            "tests/test_calc.py": "import pytest\nfrom calc import add\n\n\n@pytest.mark.skip(reason='flaky')\n"

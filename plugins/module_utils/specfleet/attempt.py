@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,13 +26,15 @@ from . import prompt as prompt_builder
 from .controller import REPO_ROOT, resolve_db, resolve_specs_root
 from .durations import parse_duration
 from .project import ProjectConfig, load_project
+from .runner import Redactor
 from .spec import parse_sections
 from .store import Store
 
 RUNNER_FILES = ("runner.py", "paths.py")
-ARTIFACT_PATTERNS = re.compile(
-    r"^(?:status\.json|job\.json|prompt\.md|changes\.patch|result\.bundle|output\.log|heartbeat"
-    r"|round-\d+\.(?:prompt\.md|verify\.log|gates\.json|agent\.[\w.-]+\.log))$")
+# The run directory's files brought back (an ERE, also used by grep on the node).
+ARTIFACT_NAMES = (r"^(status\.json|job\.json|prompt\.md|changes\.patch|result\.bundle|output\.log|heartbeat"
+                  r"|round-[0-9]+\.(prompt\.md|verify\.log|gates\.json|agent\.[A-Za-z0-9_.-]+\.log))$")
+ARTIFACT_PATTERNS = re.compile(ARTIFACT_NAMES)
 LESSONS_IN_PROMPT = 20
 
 
@@ -152,10 +155,7 @@ def prepare(*, db: str | None, specs_root: str | None, project: str, task_id: st
     except workspace.GitError as exc:
         raise AttemptError(str(exc)) from exc
 
-    def on_node(path: str) -> str:
-        return home.rstrip("/") + path[1:] if path.startswith("~/") else path
-
-    work = on_node(jobs.workspace_dir(root, project, task_id, attempt, run_id))
+    work = workspace.on_node(jobs.workspace_dir(root, project, task_id, attempt, run_id), home)
     environment = (f"- node: {node}; workspace: {work} (a fresh clone; stay inside it)\n"
                    f"- verify command (run at the workspace root after you finish): `{row.verify}`\n"
                    f"- files you may change (modifies): {', '.join(row.modifies) or '(none listed)'}"
@@ -171,7 +171,7 @@ def prepare(*, db: str | None, specs_root: str | None, project: str, task_id: st
     job = {
         "project": project, "task_id": task_id, "attempt": attempt, "run_id": run_id, "node": node,
         "title": _title(front_matter, spec_text),
-        "mirror": on_node(workspace.mirror_dir(root, project)), "workspace": work,
+        "mirror": workspace.on_node(workspace.mirror_dir(root, project), home), "workspace": work,
         "branch": workspace.spec_branch(project, task_id), "base": start.base, "base_ref": start.base_ref,
         "merge": [{"task_id": d["task_id"], "commit": d["commit"]} for d in start.merge],
         "verify": row.verify, "verify_timeout_s": parse_duration(config.verify_timeout), "retries": row.retries,
@@ -185,9 +185,26 @@ def prepare(*, db: str | None, specs_root: str | None, project: str, task_id: st
     return Prepared(job, built.text, secrets, recording, start, config, notes, built.left_out)
 
 
+def unpack(archive: Path, folder: Path) -> list[str]:
+    """Extract the regular files of ``archive`` whose names are artifact names; -> their names.
+
+    The archive comes from a node: links, directories, paths and unexpected names are skipped.
+    """
+    names = []
+    with tarfile.open(archive) as tar:
+        for member in tar.getmembers():
+            if not member.isfile() or not ARTIFACT_PATTERNS.match(member.name):
+                continue
+            source = tar.extractfile(member)
+            (folder / member.name).write_bytes(source.read() if source else b"")
+            names.append(member.name)
+    archive.unlink()
+    return names
+
+
 def scrub(folder: Path, secrets: list[str]) -> None:
     """Defence in depth: replace secret values in every text file brought back."""
-    values = sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)
+    values = Redactor(secrets).values
     if not values:
         return
     for path in folder.iterdir():
@@ -202,7 +219,7 @@ def scrub(folder: Path, secrets: list[str]) -> None:
 
 
 def collect(*, db: str | None, specs_root: str | None, project: str, task_id: str, attempt: int, run_id: str,
-            folder: Path, job_result: dict | None = None) -> dict:
+            folder: Path) -> dict:
     """Import the result in ``folder`` (the run directory's files); -> ``{"ok", "msg", ...}``."""
     config = load_config(project, specs_root)
     status_path = folder / "status.json"

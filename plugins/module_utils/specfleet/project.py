@@ -130,13 +130,14 @@ class RepositoryError(Exception):
     pass
 
 
-def _git(repository: str, *args: str) -> str:
+def run_git(repository: str, *args: str, check: bool = True, timeout: float = 60) -> str:
+    """``git -C repository args`` (no prompts, C locale); stdout, or :class:`RepositoryError` with git's last word."""
     try:
-        result = subprocess.run(["git", "-C", repository, *args], capture_output=True, text=True,
-                                timeout=60, check=False, env=dict(os.environ, GIT_TERMINAL_PROMPT="0"))
+        result = subprocess.run(["git", "-C", repository, *args], capture_output=True, text=True, timeout=timeout,
+                                check=False, env=dict(os.environ, GIT_TERMINAL_PROMPT="0", LC_ALL="C"))
     except FileNotFoundError as exc:
         raise RepositoryError("git is not installed") from exc
-    if result.returncode != 0:
+    if check and result.returncode != 0:
         raise RepositoryError(result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "git failed")
     return result.stdout
 
@@ -149,13 +150,13 @@ def repository_files(repository: str, branch: str) -> set[str]:
     """
     if not os.path.isdir(repository):
         raise RepositoryError(f"{repository} does not exist or is not a directory")
-    git_dir = _git(repository, "rev-parse", "--absolute-git-dir").strip()
+    git_dir = run_git(repository, "rev-parse", "--absolute-git-dir").strip()
     real = os.path.realpath(repository)
     if os.path.realpath(git_dir) not in (real, os.path.join(real, ".git")):
         raise RepositoryError(f"{repository} is not the top of a git repository")
     try:
-        _git(repository, "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}^{{commit}}")
+        run_git(repository, "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}^{{commit}}")
     except RepositoryError as exc:
         raise RepositoryError(f"branch {branch!r} does not exist in {repository}") from exc
-    listing = _git(repository, "ls-tree", "-r", "-z", "--name-only", f"refs/heads/{branch}")
+    listing = run_git(repository, "ls-tree", "-r", "-z", "--name-only", f"refs/heads/{branch}")
     return {name for name in listing.split("\x00") if name}

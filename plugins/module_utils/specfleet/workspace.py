@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .jobs import _project_path, component, shell_path
+from .project import RepositoryError, run_git
 from .settings import specfleet_home
 
 
@@ -50,12 +51,16 @@ def artifacts_dir(project: str, task_id: str, attempt: int, run_id: str, base: s
 
 
 def git(repository: str, *args: str, check: bool = True, timeout: float = 300) -> str:
-    result = subprocess.run(["git", "-C", repository, *args], capture_output=True, text=True, timeout=timeout,
-                            env=dict(os.environ, GIT_TERMINAL_PROMPT="0", LC_ALL="C"), check=False)
-    if check and result.returncode != 0:
-        raise GitError(f"git {' '.join(args[:2])} in {repository}: "
-                       + (result.stderr.strip().splitlines() or ["failed"])[-1])
-    return result.stdout
+    """:func:`project.run_git`, with the command and repository in the error."""
+    try:
+        return run_git(repository, *args, check=check, timeout=timeout)
+    except RepositoryError as exc:
+        raise GitError(f"git {' '.join(args[:2])} in {repository}: {exc}") from exc
+
+
+def on_node(path: str, home: str) -> str:
+    """A node path with a leading ``~/`` made absolute with the login user's ``home``."""
+    return home.rstrip("/") + path[1:] if path.startswith("~/") else path
 
 
 def _tips(repository: str, remote: bool, refs: list[str]) -> dict[str, str]:
@@ -116,6 +121,13 @@ def bundle_for_node(repository: str, start: Start, node_tips: list[str], dest: P
         raise GitError(f"git bundle create in {repository}: {result.stderr.strip()[-300:]}")
     heads = git(repository, "bundle", "list-heads", str(dest))
     return [line.split(" ", 1)[1] for line in heads.splitlines() if " " in line]
+
+
+def collect_script(run: str, names_pattern: str) -> str:
+    """Print HOME, then pack the run directory's artifacts (names matching the ERE) into ``collect.tar``."""
+    r = shell_path(run)
+    return (f'echo "HOME=$HOME"; cd {r} || exit 3\n'
+            f"ls -1 | grep -E {shlex.quote(names_pattern)} | tar -cf collect.tar -T - && echo PACKED\n")
 
 
 def mirror_probe_script(mirror: str, run: str) -> str:
