@@ -2,13 +2,14 @@ from __future__ import annotations
 
 import json
 import random
+import subprocess
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from specfleet.fleet import NodeInfo, choose_node, ready_and_doomed
-from specfleet.leases import LeaseBook
+from specfleet.leases import LeaseBook, RunConflict
 from specfleet.paths import paths_overlap
 from specfleet.states import SpecState
 from specfleet.store import Store
@@ -33,7 +34,7 @@ def store(tmp_path):
 
 def book(store, ttl=90.0):
     leases = LeaseBook(store, ttl=ttl)
-    leases.open_run("demo")
+    leases.open_run("demo", exclusive=False)  # several runs of one project share the queue here
     return leases
 
 
@@ -127,14 +128,16 @@ def test_leases_of_a_dead_run_expire_and_are_taken_over(projects, store):
     assert len(dead.grant("demo", [NodeInfo("n", 1)]).granted) == 1
     alive = book(store)
     result = alive.grant("demo", [NodeInfo("n", 1)])
-    assert result.expired == 1
-    # The dead run's spec went back to the queue and, being first in order, is taken over.
-    assert [(g.task_id, g.attempt) for g in result.granted] == [("S1", 2)]
+    assert [e["detail"]["owner"] for e in store.events("demo") if e["kind"] == "lease_expired"] == [dead.run_id]
+    # The dead run's spec went back to the queue and its job (maybe still running on the
+    # node) is adopted: the same attempt, the dead run's directories, no second agent.
+    [grant] = result.granted
+    assert (grant.task_id, grant.attempt, grant.adopted, grant.job_run) == ("S1", 1, True, dead.run_id)
     assert store.db.execute("SELECT run_id FROM slot_leases").fetchone()[0] == alive.run_id
-    lost = store.db.execute("SELECT outcome, kind FROM attempts WHERE task_id = 'S1' AND number = 1").fetchone()
-    assert tuple(lost) == ("lost", "infra")
+    attempt = store.db.execute("SELECT outcome, ended_at, adopted_by FROM attempts WHERE task_id = 'S1'").fetchall()
+    assert [tuple(a) for a in attempt] == [(None, None, alive.run_id)]
+    assert store.db.execute("SELECT COUNT(*) FROM leftovers").fetchone()[0] == 0
     assert store.spec("demo", "S1").attempts_used == 0
-    assert store.db.execute("SELECT status FROM runs WHERE id = ?", (dead.run_id,)).fetchone()[0] == "lost"
 
 
 def test_a_late_result_after_expiry_changes_nothing(projects, store):
@@ -157,6 +160,74 @@ def test_closing_a_run_requeues_what_it_still_holds(projects, store):
     row = store.spec("demo", "S1")
     assert row.state is SpecState.QUEUED and "ended (interrupted)" in row.reason
     assert store.db.execute("SELECT COUNT(*) FROM slot_leases").fetchone()[0] == 0
+    # Its job still runs on the node: a leftover keeps the slot and the locks.
+    assert [(r["node"], r["status"]) for r in leases.leftovers()] == [("n", "unknown")]
+    assert store.db.execute("SELECT COUNT(*) FROM path_locks").fetchone()[0] == 1
+
+
+def test_a_second_dispatch_of_the_same_project_is_refused_while_the_first_lives(projects, store):
+    feed(projects, store, **{"S1.md": spec_text("S1")})
+    first = LeaseBook(store)
+    first.open_run("demo")
+    with pytest.raises(RunConflict, match=f"project demo is already being dispatched by run {first.run_id}.*stop.yml"):
+        LeaseBook(store).open_run("demo")
+    LeaseBook(store).open_run("other")  # another project is fine
+    first.close_run("ok")
+    LeaseBook(store).open_run("demo")
+
+
+def test_a_run_whose_owner_process_died_is_dead_at_once(projects, store):
+    feed(projects, store, **{"S1.md": spec_text("S1")})
+    owner = subprocess.Popen(["sleep", "60"])
+    crashed = LeaseBook(store)
+    crashed.open_run("demo", owner_pid=owner.pid)
+    crashed.grant("demo", [NodeInfo("n", 1)])
+    with pytest.raises(RunConflict):
+        LeaseBook(store).open_run("demo")
+    owner.kill()
+    owner.wait()
+    resumed = LeaseBook(store)
+    resumed.open_run("demo")  # well within the ttl: the owner's pid told
+    assert store.db.execute("SELECT status FROM runs WHERE id = ?", (crashed.run_id,)).fetchone()[0] == "lost"
+    [grant] = resumed.grant("demo", [NodeInfo("n", 1)]).granted
+    assert grant.adopted and grant.attempt == 1
+    event = [e for e in store.events("demo", "S1") if e["kind"] == "attempt_adopted"][-1]
+    assert event["run_id"] == resumed.run_id and event["detail"]["adopted_from"] == crashed.run_id
+
+
+def test_a_leftover_on_a_quarantined_node_holds_its_slot_while_the_spec_runs_elsewhere(projects, store):
+    feed(projects, store, **{"S1.md": spec_text("S1", modifies=["src/app.py"]),
+                             "S2.md": spec_text("S2", modifies=["src/app.py"], depends_on=["S1"])})
+    nodes = [NodeInfo("a", 1), NodeInfo("b", 1)]
+    leases = book(store)
+    first = leases.grant("demo", nodes).granted[0]
+    leases.quarantine(first.node, "cut off")
+    leases.finish(first, False, "node did not answer", infrastructure=True, leftover=True)
+    [again] = leases.grant("demo", nodes).granted
+    assert again.node != first.node and again.attempt == 2 and not again.adopted
+    # Both slots are in use now: the leftover's and the new attempt's.
+    assert leases.grant("demo", nodes).granted == []
+    # The node answers again and says the old job still runs: its spec moved on, so kill it.
+    assert leases.settle_leftover(first.attempt_id, "running") == "kill"
+    assert leases.settle_leftover(first.attempt_id, "lost") == "settled"
+    assert leases.leftovers() == []
+    settled = [e for e in store.events("demo", "S1") if e["kind"] == "leftover_settled"][-1]
+    assert settled["detail"]["superseded"] is True
+    # The new attempt's locks survived the settling.
+    assert {r[0] for r in store.db.execute("SELECT run_id FROM path_locks")} == {leases.run_id}
+
+
+def test_a_leftover_whose_spec_is_still_queued_is_kept_for_adoption(projects, store):
+    feed(projects, store, **{"S1.md": spec_text("S1")})
+    leases = book(store)
+    grant = leases.grant("demo", [NodeInfo("a", 1)]).granted[0]
+    leases.quarantine("a", "cut off")
+    leases.finish(grant, False, "node did not answer", infrastructure=True, leftover=True)
+    assert leases.grant("demo", [NodeInfo("a", 1)]).granted == []  # only node is out
+    assert leases.settle_leftover(grant.attempt_id, "finished") == "keep"
+    leases.node_healthy("a", seen=True)
+    [harvest] = leases.grant("demo", [NodeInfo("a", 1)]).granted
+    assert harvest.adopted and harvest.attempt == 1 and harvest.job_run == leases.run_id
 
 
 def test_stop_requests_reach_live_runs_and_cancel_wins(projects, store):

@@ -14,7 +14,10 @@ spec's end with :meth:`Dispatcher.finish`. Everything else is here:
 * **heartbeats**: the run and its leases are renewed every ``ttl / 3`` seconds;
 * **node health**: an unreachable node (or one whose machinery failed: the pipeline
   flags it) is quarantined and the spec goes back to the queue without using an
-  attempt; a node is healthy again once a spec on it ends normally. A spec that meets
+  attempt; its job, which may still run there, is a leftover that a later grant adopts
+  (see :mod:`.leases`). A node is healthy again once a spec on it ends normally or a
+  preflight reaches it (``node_readmitted``). A job whose heartbeat stopped was killed by
+  the pipeline: its spec is queued again without using an attempt, the node stays in. A spec that meets
   ``infra_limit`` such failures in a row is not retried in this run (it stays queued, the
   report names it), so a broken fleet ends the run instead of cycling forever;
 * **stop requests** from ``stop.yml``: ``drain`` starts nothing new, ``cancel`` also makes
@@ -37,7 +40,8 @@ SUCCEEDED = "succeeded"
 FAILED = "failed"
 UNREACHABLE = "unreachable"     # the node did not answer: not the spec's fault
 INFRASTRUCTURE = "infrastructure"  # the pipeline says its own machinery failed (not the spec)
-ENDINGS = (SUCCEEDED, FAILED, UNREACHABLE, INFRASTRUCTURE)
+STALLED = "stalled"             # the job's heartbeat stopped; it was killed (not the node's fault)
+ENDINGS = (SUCCEEDED, FAILED, UNREACHABLE, INFRASTRUCTURE, STALLED)
 
 
 @dataclass
@@ -90,13 +94,21 @@ class Dispatcher:
 
     # -- the run --------------------------------------------------------------------------
 
-    def open(self, unreachable_nodes: Mapping[str, str] | None = None) -> None:
-        """Register the run and the nodes; quarantine nodes the preflight could not reach."""
-        self.book.open_run(self.project)
+    def open(self, unreachable_nodes: Mapping[str, str] | None = None, reachable_nodes: Iterable[str] = (),
+             owner_pid: int | None = None) -> None:
+        """Register the run (or take over the one the feed opened) and the nodes.
+
+        Nodes the preflight could not reach are quarantined; quarantined nodes it reached
+        are re-admitted.
+        """
+        self.book.open_run(self.project, owner_pid=owner_pid)
+        self.book.attach_run()
         self._opened = True
         self.book.sync_nodes(self.nodes)
         for node, reason in sorted((unreachable_nodes or {}).items()):
             self.book.quarantine(node, f"preflight: {reason}")
+        for node in sorted(set(reachable_nodes) - set(unreachable_nodes or {})):
+            self.book.node_healthy(node, seen=True)
 
     def close(self, status: str) -> None:
         if self._opened:
@@ -175,26 +187,33 @@ class Dispatcher:
 
     # -- the end of one spec --------------------------------------------------------------
 
-    def finish(self, task_id: str, ending: str, reason: str | None = None) -> Ended:
-        """Record how ``task_id``'s pipeline ended (one of :data:`ENDINGS`) and move it on."""
+    def finish(self, task_id: str, ending: str, reason: str | None = None, leftover: bool | None = None) -> Ended:
+        """Record how ``task_id``'s pipeline ended (one of :data:`ENDINGS`) and move it on.
+
+        ``leftover``: the job may still be alive on the node (default: when it was unreachable).
+        """
+        if leftover is None:
+            leftover = ending == UNREACHABLE
         if ending not in ENDINGS:
             raise ValueError(f"unknown ending {ending!r}; expected one of {', '.join(ENDINGS)}")
         grant = self.running.pop(task_id)
         self._due = 0.0  # a slot is free: the next step grants at once
         until = None
-        infra = ending in (UNREACHABLE, INFRASTRUCTURE)
-        if infra:
+        infra = ending in (UNREACHABLE, INFRASTRUCTURE, STALLED)
+        if ending in (UNREACHABLE, INFRASTRUCTURE):
             until = self.book.quarantine(grant.node, f"{ending}: {reason or 'no reason given'}")
-            self.infra_streak[task_id] = self.infra_streak.get(task_id, 0) + 1
         else:
             self.book.node_healthy(grant.node)
+        if infra:
+            self.infra_streak[task_id] = self.infra_streak.get(task_id, 0) + 1
+        else:
             self.infra_streak.pop(task_id, None)
         if ending == SUCCEEDED:
             outcome = self.book.finish(grant, True)
         elif self.stop == "cancel":
             outcome = self.book.finish(grant, False, reason or "stopped", cancelled=True)
         else:
-            outcome = self.book.finish(grant, False, reason, infrastructure=infra)
+            outcome = self.book.finish(grant, False, reason, infrastructure=infra, leftover=leftover)
         requeued = outcome.state is SpecState.QUEUED and not outcome.late and not self.stop
         gave_up = None
         if requeued and self.infra_streak.get(task_id, 0) >= self.infra_limit:

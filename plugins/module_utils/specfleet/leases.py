@@ -14,6 +14,19 @@ project on the controller, and nothing is counted only in memory:
 * **Starvation**: a spec that waits because of a lock reserves its own paths for the
   rest of the pass, so a later spec touching the same files cannot overtake it and keep
   the lock busy forever.
+* **Leftovers**: a job on a node outlives the run that started it (controller killed,
+  Ctrl-C, node cut off). When its lease ends that way the spec goes back to the queue,
+  but the job is recorded as a *leftover* that keeps holding its slot and path locks
+  (the job may still be running there). The next grant of that spec *adopts* the
+  leftover instead of starting a second agent: same node, same attempt, same run
+  directory, so the pipeline re-attaches to it or harvests its result. A leftover
+  whose spec moved on (it ran elsewhere while the node was cut off) is resolved by
+  :meth:`LeaseBook.settle_leftover` when its node answers again. Whatever happens, a
+  leftover stops holding its slot and locks when its job's timeout has certainly
+  passed (the node's wrapper kills the job then), so no slot is held forever.
+* **Dead runs**: a run whose owner process is gone (same controller host: checked by pid
+  and process start time) is dead at once; any other run is dead when its heartbeat is
+  older than ``ttl``.
 """
 from __future__ import annotations
 
@@ -33,11 +46,44 @@ from .store import Store, _event, now
 DEFAULT_TTL = 90.0
 QUARANTINE_BASE = 30.0
 QUARANTINE_MAX = 600.0
+OCCUPYING = ("unknown", "running")  # leftover statuses that still use a slot on their node
+# A job cannot outlive its timeout: the node's wrapper kills it then (plus the KILL grace).
+LEFTOVER_MARGIN = 90.0
+
+
+class RunConflict(Exception):
+    """Another live dispatch run already works on the project."""
+
+
+def process_started(pid: int) -> str | None:
+    """The start time of process ``pid`` (clock ticks since boot), or None if it is gone or a zombie."""
+    try:
+        with open(f"/proc/{int(pid)}/stat", encoding="ascii", errors="replace") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError, ValueError):
+        return None
+    if not fields or fields[0] in ("Z", "X"):
+        return None
+    return fields[19] if len(fields) > 19 else None
+
+
+def owner_alive(host: str | None, pid: int | None, started: str | None) -> bool | None:
+    """Whether a run's owner process lives: True/False on this host, None if it cannot be told."""
+    if not host or not pid or host != socket.gethostname():
+        return None
+    current = process_started(pid)
+    if current is None:
+        return False
+    return started is None or current == started
 
 
 @dataclass(frozen=True)
 class Grant:
-    """A spec allowed to start: its slot lease and its attempt."""
+    """A spec allowed to start: its slot lease and its attempt.
+
+    ``job_run`` is the run id in the attempt's directories on the node: this run's id for
+    a new attempt, the original run's id for an adopted one (``adopted``).
+    """
 
     project: str
     task_id: str
@@ -46,6 +92,8 @@ class Grant:
     attempt: int
     attempt_id: int
     revision: int
+    job_run: str = ""
+    adopted: bool = False
 
 
 @dataclass
@@ -77,38 +125,92 @@ class LeaseBook:
 
     # -- runs and nodes -------------------------------------------------------------------
 
-    def open_run(self, project: str | None, kind: str = "dispatch") -> str:
+    def open_run(self, project: str | None, kind: str = "dispatch", owner_pid: int | None = None,
+                 exclusive: bool = True) -> str:
+        """Register this run, owned by process ``owner_pid`` (default: this process).
+
+        An ``exclusive`` dispatch run refuses (:class:`RunConflict`) while another live
+        dispatch run works on the same project; dead runs are reclaimed first, so a crashed
+        run never blocks. (Runs of one project may share the queue safely, every grant is
+        atomic, but two would each wait on the other's specs and report them; one at a
+        time is what people expect from a cron job.)
+        """
         stamp = now()
+        pid = owner_pid or os.getpid()
+        host = socket.gethostname()
         with self.store.transaction() as db:
-            db.execute("INSERT INTO runs (id, project, kind, owner, started_at, heartbeat_at) VALUES (?, ?, ?, ?, ?, ?)",
-                       (self.run_id, project, kind, f"{socket.gethostname()}:{os.getpid()}", stamp, stamp))
-            _event(db, "run_started", project, run_id=self.run_id, detail={"kind": kind})
+            self._expire(db, stamp)
+            if exclusive and kind == "dispatch" and project is not None:
+                live = db.execute("SELECT id, owner, heartbeat_at FROM runs WHERE project = ? AND kind = 'dispatch'"
+                                  " AND ended_at IS NULL AND id != ?", (project, self.run_id)).fetchone()
+                if live is not None:
+                    raise RunConflict(
+                        f"project {project} is already being dispatched by run {live['id']} (owner {live['owner']},"
+                        f" last heartbeat {max(0.0, stamp - live['heartbeat_at']):.0f} s ago); wait for it to end or"
+                        f" stop it with: ansible-playbook playbooks/stop.yml -e project={project}")
+            if db.execute("SELECT 1 FROM runs WHERE id = ?", (self.run_id,)).fetchone():
+                db.execute("UPDATE runs SET heartbeat_at = ? WHERE id = ? AND ended_at IS NULL", (stamp, self.run_id))
+                return self.run_id
+            db.execute("INSERT INTO runs (id, project, kind, owner, started_at, heartbeat_at, owner_host, owner_pid,"
+                       " owner_started) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       (self.run_id, project, kind, f"{host}:{pid}", stamp, stamp, host, pid, process_started(pid)))
+            _event(db, "run_started", project, run_id=self.run_id, detail={"kind": kind, "owner": f"{host}:{pid}"})
         return self.run_id
 
+    def attach_run(self) -> None:
+        """Take over the run row a previous step of this play opened (the feed); it must be live."""
+        with self.store.transaction() as db:
+            row = db.execute("SELECT ended_at, status FROM runs WHERE id = ?", (self.run_id,)).fetchone()
+            if row is None:
+                raise RunConflict(f"run {self.run_id} was never opened")
+            if row["ended_at"] is not None:
+                raise RunConflict(f"run {self.run_id} already ended ({row['status']}); start dispatch again")
+            db.execute("UPDATE runs SET heartbeat_at = ? WHERE id = ?", (now(), self.run_id))
+
     def close_run(self, status: str) -> None:
-        """End this run. Specs it still holds go back to the queue (their attempt is ``abandoned``)."""
+        """End this run. Specs it still holds go back to the queue; their jobs become leftovers."""
         stamp = now()
         with self.store.transaction() as db:
+            if db.execute("SELECT 1 FROM runs WHERE id = ? AND ended_at IS NULL", (self.run_id,)).fetchone() is None:
+                return
             held = db.execute("SELECT * FROM slot_leases WHERE run_id = ?", (self.run_id,)).fetchall()
             self._requeue(db, held, "abandoned", f"run {self.run_id} ended ({status}) while it ran", stamp)
             db.execute("UPDATE runs SET ended_at = ?, status = ? WHERE id = ?", (stamp, status, self.run_id))
-            db.execute("DELETE FROM slot_leases WHERE run_id = ?", (self.run_id,))
-            db.execute("DELETE FROM path_locks WHERE run_id = ?", (self.run_id,))
+            db.execute("DELETE FROM path_locks WHERE run_id = ? AND leftover IS NULL", (self.run_id,))
             _event(db, "run_ended", run_id=self.run_id, detail={"status": status, "abandoned": len(held)})
 
-    def _requeue(self, db, leases, outcome: str, reason: str, stamp: float) -> None:
-        """End the attempts behind ``leases`` as an infrastructure outcome and requeue their specs."""
+    def _requeue(self, db, leases, outcome: str, reason: str, stamp: float, leftover: bool = True) -> None:
+        """End the attempts behind ``leases`` as an infrastructure outcome and requeue their specs.
+
+        With ``leftover`` (the job may still be alive on its node) each lease becomes a
+        leftover that keeps the slot and the spec's path locks until it is adopted or
+        settled; without it the slot and locks are freed.
+        """
         for lease in leases:
-            # A spec's locks go with its lease, whatever their own expiry says.
-            db.execute("DELETE FROM path_locks WHERE project = ? AND task_id = ? AND run_id = ?",
-                       (lease["project"], lease["task_id"], lease["run_id"]))
+            key = (lease["project"], lease["task_id"])
+            db.execute("DELETE FROM slot_leases WHERE node = ? AND slot = ?", (lease["node"], lease["slot"]))
+            if leftover:
+                job = db.execute("SELECT a.run_id, a.started_at, s.timeout_s FROM attempts a JOIN specs s ON"
+                                 " s.project = a.project AND s.task_id = a.task_id WHERE a.id = ?",
+                                 (lease["attempt_id"],)).fetchone()
+                until = job["started_at"] + job["timeout_s"] + LEFTOVER_MARGIN
+                db.execute("INSERT OR REPLACE INTO leftovers (attempt_id, node, slot, project, task_id, job_run, status,"
+                           " reason, since, until) VALUES (?, ?, ?, ?, ?, ?, 'unknown', ?, ?, ?)",
+                           (lease["attempt_id"], lease["node"], lease["slot"], *key, job["run_id"], reason, stamp,
+                            until))
+                db.execute("UPDATE path_locks SET expires_at = ?, leftover = ? WHERE project = ? AND task_id = ? AND"
+                           " run_id = ?", (until, lease["attempt_id"], *key, lease["run_id"]))
+                _event(db, "leftover_recorded", *key, self.run_id,
+                       detail={"node": lease["node"], "attempt_id": lease["attempt_id"], "reason": reason})
+            else:
+                db.execute("DELETE FROM path_locks WHERE project = ? AND task_id = ? AND run_id = ?",
+                           (*key, lease["run_id"]))
             db.execute("UPDATE attempts SET ended_at = ?, outcome = ?, kind = 'infra', reason = ?"
                        " WHERE id = ? AND ended_at IS NULL", (stamp, outcome, reason, lease["attempt_id"]))
-            state = db.execute("SELECT state FROM specs WHERE project = ? AND task_id = ?",
-                               (lease["project"], lease["task_id"])).fetchone()
+            state = db.execute("SELECT state FROM specs WHERE project = ? AND task_id = ?", key).fetchone()
             if state is not None and state["state"] == SpecState.RUNNING.value:
-                self.store._transition(db, lease["project"], lease["task_id"], SpecState.QUEUED,
-                                       reason=f"infrastructure: {reason}", run_id=self.run_id)
+                self.store._transition(db, *key, SpecState.QUEUED, reason=f"infrastructure: {reason}",
+                                       run_id=self.run_id)
 
     def heartbeat(self) -> None:
         """Prove this run is alive: renew the run and every lease and lock it holds."""
@@ -116,7 +218,8 @@ class LeaseBook:
         with self.store.transaction() as db:
             db.execute("UPDATE runs SET heartbeat_at = ? WHERE id = ?", (stamp, self.run_id))
             db.execute("UPDATE slot_leases SET expires_at = ? WHERE run_id = ?", (stamp + self.ttl, self.run_id))
-            db.execute("UPDATE path_locks SET expires_at = ? WHERE run_id = ?", (stamp + self.ttl, self.run_id))
+            db.execute("UPDATE path_locks SET expires_at = ? WHERE run_id = ? AND leftover IS NULL",
+                       (stamp + self.ttl, self.run_id))
 
     def sync_nodes(self, nodes: Sequence[NodeInfo]) -> None:
         with self.store.transaction() as db:
@@ -135,13 +238,15 @@ class LeaseBook:
                                                                        "failures": failures, "until": until})
         return until
 
-    def node_healthy(self, node: str) -> None:
+    def node_healthy(self, node: str, seen: bool = False) -> None:
+        """``node`` works: end its quarantine (event ``node_readmitted``, ``seen`` says a probe found it)."""
         with self.store.transaction() as db:
             row = db.execute("SELECT health FROM nodes WHERE name = ?", (node,)).fetchone()
             db.execute("UPDATE nodes SET health = 'healthy', health_reason = NULL, failures = 0, quarantined_until = NULL,"
                        " last_seen_at = ?, updated_at = ? WHERE name = ?", (now(), now(), node))
             if row is not None and row["health"] == "quarantined":
-                _event(db, "node_readmitted", run_id=self.run_id, detail={"node": node})
+                _event(db, "node_readmitted", run_id=self.run_id,
+                       detail={"node": node, "by": "preflight probe" if seen else "a spec ended normally there"})
 
     # -- the grant pass -------------------------------------------------------------------
 
@@ -180,12 +285,18 @@ class LeaseBook:
 
             used: dict[str, int] = {}
             taken: dict[str, set[int]] = {}
-            for lease in db.execute("SELECT node, slot FROM slot_leases"):
+            occupied = list(db.execute("SELECT node, slot FROM slot_leases"))
+            occupied += db.execute(f"SELECT node, slot FROM leftovers WHERE status IN ({_marks(OCCUPYING)})"
+                                   " AND until > ?", (*OCCUPYING, stamp))
+            for lease in occupied:
                 used[lease["node"]] = used.get(lease["node"], 0) + 1
                 taken.setdefault(lease["node"], set()).add(lease["slot"])
             held = [(r["path"], r["task_id"], r["project"])
                     for r in db.execute("SELECT path, task_id, project FROM path_locks WHERE repository = ?",
                                         (repository,))]
+            leftovers: dict[str, list] = {}
+            for row in db.execute("SELECT * FROM leftovers WHERE project = ? ORDER BY attempt_id DESC", (project,)):
+                leftovers.setdefault(row["task_id"], []).append(row)
             reserved: list[tuple[str, str]] = []
             unavailable = self._unavailable(db, stamp)
             for task_id in ready:
@@ -194,20 +305,37 @@ class LeaseBook:
                     continue
                 row = rows[task_id]
                 modifies = json.loads(row["modifies_json"])
-                conflict = _first_conflict(modifies, held, reserved)
+                others = [h for h in held if (h[1], h[2]) != (task_id, project)]
+                conflict = _first_conflict(modifies, others, reserved)
                 if conflict:
                     result.waiting[task_id] = conflict
                     reserved += [(p, task_id) for p in modifies]
                     continue
-                node = choose_node(nodes, used, row["executor"], unavailable)
-                if node is None:
-                    result.waiting[task_id] = "no free slot on a healthy node that runs " + str(row["executor"])
-                    continue
-                slot = min(set(range(node.slots)) - taken.get(node.name, set()))
-                grant = self._start(db, row, node.name, slot, repository, modifies, stamp)
-                used[node.name] = used.get(node.name, 0) + 1
-                taken.setdefault(node.name, set()).add(slot)
-                held += [(p, task_id, project) for p in modifies]
+                adoptable = [x for x in leftovers.get(task_id, []) if x["node"] not in unavailable]
+                if adoptable:
+                    left = adoptable[0]
+                    if left["status"] in OCCUPYING and left["until"] > stamp:
+                        slot = left["slot"]
+                    else:
+                        node = next((n for n in nodes if n.name == left["node"]), None)
+                        free = set(range(node.slots if node else 0)) - taken.get(left["node"], set())
+                        if not free:
+                            result.waiting[task_id] = f"waits for a slot on {left['node']} to harvest its attempt there"
+                            continue
+                        slot = min(free)
+                        used[left["node"]] = used.get(left["node"], 0) + 1
+                        taken.setdefault(left["node"], set()).add(slot)
+                    grant = self._adopt(db, row, left, slot, repository, modifies, stamp)
+                else:
+                    node = choose_node(nodes, used, row["executor"], unavailable)
+                    if node is None:
+                        result.waiting[task_id] = "no free slot on a healthy node that runs " + str(row["executor"])
+                        continue
+                    slot = min(set(range(node.slots)) - taken.get(node.name, set()))
+                    grant = self._start(db, row, node.name, slot, repository, modifies, stamp)
+                    used[node.name] = used.get(node.name, 0) + 1
+                    taken.setdefault(node.name, set()).add(slot)
+                held = others + [(p, task_id, project) for p in modifies]
                 result.granted.append(grant)
         return result
 
@@ -217,30 +345,53 @@ class LeaseBook:
             return self._expire(db, now())
 
     def _expire(self, db, stamp: float) -> int:
-        """Leases nobody renewed are void: free them and put their specs back in the queue.
+        """Reclaim what dead runs hold: their leases become leftovers and their specs are queued.
 
-        The attempt ends as ``lost`` (an infrastructure outcome: it does not use one of the
-        spec's retries) and the run that stopped renewing is marked ``lost``.
+        A run is dead when its owner process is gone (same host) or its heartbeat is older
+        than ``ttl``; a lease nobody renewed is void either way. The attempt ends as
+        ``lost`` (an infrastructure outcome: it does not use one of the spec's retries);
+        its job is a leftover that the spec's next grant adopts. Returns how many leases.
         """
-        expired = db.execute("SELECT * FROM slot_leases WHERE expires_at < ?", (stamp,)).fetchall()
+        dead = {}
+        for run in db.execute("SELECT id, heartbeat_at, owner_host, owner_pid, owner_started FROM runs"
+                              " WHERE ended_at IS NULL AND id != ?", (self.run_id,)):
+            alive = owner_alive(run["owner_host"], run["owner_pid"], run["owner_started"])
+            if alive is False:
+                dead[run["id"]] = "its owner process is gone"
+            elif run["heartbeat_at"] < stamp - self.ttl:
+                dead[run["id"]] = f"no heartbeat for {stamp - run['heartbeat_at']:.0f} s"
+        marks = _marks(dead)
+        expired = db.execute(f"SELECT * FROM slot_leases WHERE expires_at < ? OR run_id IN ({marks})",
+                             (stamp, *dead)).fetchall()
         for lease in expired:
+            why = dead.get(lease["run_id"], "it stopped renewing its leases")
             _event(db, "lease_expired", lease["project"], lease["task_id"], self.run_id,
-                   detail={"node": lease["node"], "slot": lease["slot"], "owner": lease["run_id"]})
-            self._requeue(db, [lease], "lost",
-                          f"lease on {lease['node']} expired: run {lease['run_id']} stopped renewing it", stamp)
-        db.execute("DELETE FROM slot_leases WHERE expires_at < ?", (stamp,))
-        db.execute("DELETE FROM path_locks WHERE expires_at < ?", (stamp,))
-        lost = db.execute("SELECT id FROM runs WHERE ended_at IS NULL AND heartbeat_at < ?",
-                          (stamp - self.ttl,)).fetchall()
-        for run in lost:
-            db.execute("UPDATE runs SET ended_at = ?, status = 'lost' WHERE id = ?", (stamp, run["id"]))
-            _event(db, "run_lost", run_id=run["id"], detail={"noticed_by": self.run_id})
+                   detail={"node": lease["node"], "slot": lease["slot"], "owner": lease["run_id"], "why": why})
+            self._requeue(db, [lease], "lost", f"run {lease['run_id']} died ({why}) while the job ran on "
+                          f"{lease['node']}", stamp)
+        db.execute(f"DELETE FROM path_locks WHERE expires_at < ? OR (run_id IN ({marks}) AND leftover IS NULL)",
+                   (stamp, *dead))
+        for run_id, why in dead.items():
+            db.execute("UPDATE runs SET ended_at = ?, status = 'lost' WHERE id = ?", (stamp, run_id))
+            _event(db, "run_lost", run_id=run_id, detail={"noticed_by": self.run_id, "why": why})
         return len(expired)
 
     def _unavailable(self, db, stamp: float) -> set[str]:
         rows = db.execute("SELECT name FROM nodes WHERE enabled = 0 OR (health = 'quarantined' AND"
                           " quarantined_until > ?)", (stamp,))
         return {r["name"] for r in rows}
+
+    def _take(self, db, row, node: str, slot: int, attempt_id: int, repository: str, modifies: list[str],
+              stamp: float) -> None:
+        """The lease and path locks of one spec (its own older locks, a leftover's, are replaced)."""
+        project, task_id = row["project"], row["task_id"]
+        db.execute("INSERT INTO slot_leases (node, slot, project, task_id, run_id, attempt_id, acquired_at, expires_at)"
+                   " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                   (node, slot, project, task_id, self.run_id, attempt_id, stamp, stamp + self.ttl))
+        db.execute("DELETE FROM path_locks WHERE project = ? AND task_id = ?", (project, task_id))
+        db.executemany("INSERT INTO path_locks (repository, path, project, task_id, run_id, acquired_at, expires_at)"
+                       " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                       [(repository, p, project, task_id, self.run_id, stamp, stamp + self.ttl) for p in modifies])
 
     def _start(self, db, row, node: str, slot: int, repository: str, modifies: list[str], stamp: float) -> Grant:
         project, task_id = row["project"], row["task_id"]
@@ -250,25 +401,77 @@ class LeaseBook:
                             " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                             (project, task_id, number, row["revision"], self.run_id, node, slot, stamp))
         attempt_id = cursor.lastrowid
-        db.execute("INSERT INTO slot_leases (node, slot, project, task_id, run_id, attempt_id, acquired_at, expires_at)"
-                   " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                   (node, slot, project, task_id, self.run_id, attempt_id, stamp, stamp + self.ttl))
-        db.executemany("INSERT INTO path_locks (repository, path, project, task_id, run_id, acquired_at, expires_at)"
-                       " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                       [(repository, p, project, task_id, self.run_id, stamp, stamp + self.ttl) for p in modifies])
+        self._take(db, row, node, slot, attempt_id, repository, modifies, stamp)
         self.store._transition(db, project, task_id, SpecState.RUNNING, reason=None, expect_state=SpecState.QUEUED,
                                expect_version=row["version"], run_id=self.run_id,
                                detail={"node": node, "slot": slot, "attempt": number})
-        return Grant(project, task_id, node, slot, number, attempt_id, row["revision"])
+        return Grant(project, task_id, node, slot, number, attempt_id, row["revision"], self.run_id)
+
+    def _adopt(self, db, row, leftover, slot: int, repository: str, modifies: list[str], stamp: float) -> Grant:
+        """Grant ``row`` its leftover attempt again: re-attach to (or harvest) the job already on the node."""
+        project, task_id, node = row["project"], row["task_id"], leftover["node"]
+        attempt = db.execute("SELECT number, revision FROM attempts WHERE id = ?", (leftover["attempt_id"],)).fetchone()
+        db.execute("DELETE FROM leftovers WHERE attempt_id = ?", (leftover["attempt_id"],))
+        db.execute("UPDATE attempts SET ended_at = NULL, outcome = NULL, reason = NULL, kind = 'spec', adopted_by = ?,"
+                   " slot = ? WHERE id = ?", (self.run_id, slot, leftover["attempt_id"]))
+        self._take(db, row, node, slot, leftover["attempt_id"], repository, modifies, stamp)
+        detail = {"node": node, "slot": slot, "attempt": attempt["number"], "adopted_from": leftover["job_run"],
+                  "leftover": leftover["status"]}
+        _event(db, "attempt_adopted", project, task_id, self.run_id, detail=detail)
+        self.store._transition(db, project, task_id, SpecState.RUNNING, reason=None, expect_state=SpecState.QUEUED,
+                               expect_version=row["version"], run_id=self.run_id, detail=detail)
+        return Grant(project, task_id, node, slot, attempt["number"], leftover["attempt_id"], attempt["revision"],
+                     leftover["job_run"], adopted=True)
+
+    # -- leftovers --------------------------------------------------------------------------
+
+    def leftovers(self, node: str | None = None) -> list[dict]:
+        query, args = "SELECT l.*, a.number AS attempt, s.state FROM leftovers l JOIN attempts a ON a.id = l.attempt_id" \
+                      " JOIN specs s ON s.project = l.project AND s.task_id = l.task_id", []
+        if node is not None:
+            query += " WHERE l.node = ?"
+            args.append(node)
+        return [dict(r) for r in self.store.db.execute(query + " ORDER BY l.attempt_id", args)]
+
+    def settle_leftover(self, attempt_id: int, job: str) -> str:
+        """Record what the node says of a leftover's job (``running``, ``finished``, ``lost``, ``missing``).
+
+        Returns the decision: ``keep`` (its spec is queued: its next grant adopts it),
+        ``kill`` (its spec moved on and the job still runs: the caller kills it, then calls
+        again with ``lost``) or ``settled`` (the row is gone; the slot and locks are free).
+        """
+        with self.store.transaction() as db:
+            row = db.execute("SELECT l.*, s.state FROM leftovers l JOIN specs s ON s.project = l.project AND"
+                             " s.task_id = l.task_id WHERE l.attempt_id = ?", (attempt_id,)).fetchone()
+            if row is None:
+                return "settled"
+            key = (row["project"], row["task_id"])
+            moved_on = row["state"] != SpecState.QUEUED.value
+            if job in ("running", "finished") and not moved_on:
+                db.execute("UPDATE leftovers SET status = ?, checked_at = ? WHERE attempt_id = ?",
+                           (job, now(), attempt_id))
+                if job == "finished":  # nothing changes files there any more
+                    db.execute("DELETE FROM path_locks WHERE leftover = ?", (attempt_id,))
+                return "keep"
+            if job == "running":
+                return "kill"
+            db.execute("DELETE FROM leftovers WHERE attempt_id = ?", (attempt_id,))
+            db.execute("DELETE FROM path_locks WHERE leftover = ?", (attempt_id,))
+            _event(db, "leftover_settled", *key, self.run_id,
+                   detail={"node": row["node"], "attempt_id": attempt_id, "job": job,
+                           "spec": row["state"], "superseded": moved_on})
+            return "settled"
 
     # -- the end of an attempt ------------------------------------------------------------
 
     def finish(self, grant: Grant, succeeded: bool, reason: str | None = None, infrastructure: bool = False,
-               cancelled: bool = False) -> Outcome:
+               cancelled: bool = False, leftover: bool = False) -> Outcome:
         """Release the slot and locks of ``grant`` and move the spec on.
 
         Success -> ``completed``. An infrastructure failure (node unreachable, lost) or a
-        cancellation by ``stop.yml`` -> back to ``queued`` without using an attempt. A spec
+        cancellation by ``stop.yml`` -> back to ``queued`` without using an attempt; with
+        ``leftover`` (the node did not answer, so its job may still run) the job becomes a
+        leftover that keeps its slot and locks until adopted or settled. A spec
         failure uses an attempt: back to ``queued`` while ``retries`` allow, else
         ``failed``, and every queued descendant becomes ``blocked`` naming it.
 
@@ -290,6 +493,11 @@ class LeaseBook:
                        detail={"attempt": grant.attempt, "outcome": outcome})
                 row = db.execute("SELECT state FROM specs WHERE project = ? AND task_id = ?", (project, task_id)).fetchone()
                 return Outcome(SpecState(row["state"]), late=True)
+            if infrastructure and leftover and not cancelled:
+                lease = db.execute("SELECT * FROM slot_leases WHERE project = ? AND task_id = ? AND run_id = ?",
+                                   (project, task_id, self.run_id)).fetchall()
+                self._requeue(db, lease, outcome, reason or "node did not answer", now())
+                return Outcome(SpecState.QUEUED)
             db.execute("DELETE FROM slot_leases WHERE project = ? AND task_id = ? AND run_id = ?",
                        (project, task_id, self.run_id))
             db.execute("DELETE FROM path_locks WHERE project = ? AND task_id = ? AND run_id = ?",
@@ -361,6 +569,11 @@ def _upsert_nodes(db, nodes: Sequence[NodeInfo], stamp: float) -> None:
         " ON CONFLICT(name) DO UPDATE SET slots = excluded.slots, enabled = excluded.enabled,"
         " priority = excluded.priority, updated_at = excluded.updated_at",
         [(n.name, n.slots, int(n.enabled), n.priority, stamp) for n in nodes])
+
+
+def _marks(values: Collection) -> str:
+    """``?`` placeholders for an ``IN (...)``; one even for no values (``IN (NULL)`` matches nothing)."""
+    return ",".join("?" * len(values)) or "NULL"
 
 
 def _first_conflict(modifies: list[str], held: list[tuple[str, str, str]], reserved: list[tuple[str, str]]) -> str | None:

@@ -182,6 +182,28 @@ CREATE TABLE lessons (
 );
 CREATE INDEX lessons_by_project ON lessons(project, id);
 """),
+    (5, "run owners, adopted attempts, leftover jobs on nodes", """
+ALTER TABLE runs ADD COLUMN owner_host TEXT;
+ALTER TABLE runs ADD COLUMN owner_pid INTEGER;
+ALTER TABLE runs ADD COLUMN owner_started TEXT;
+ALTER TABLE attempts ADD COLUMN adopted_by TEXT;
+CREATE TABLE leftovers (
+    attempt_id INTEGER PRIMARY KEY REFERENCES attempts(id),
+    node TEXT NOT NULL,
+    slot INTEGER NOT NULL,
+    project TEXT NOT NULL,
+    task_id TEXT NOT NULL,
+    job_run TEXT NOT NULL,
+    status TEXT NOT NULL DEFAULT 'unknown' CHECK (status IN ('unknown', 'running', 'finished')),
+    reason TEXT NOT NULL,
+    since REAL NOT NULL,
+    until REAL NOT NULL,
+    checked_at REAL
+);
+ALTER TABLE path_locks ADD COLUMN leftover INTEGER;
+CREATE INDEX leftovers_by_spec ON leftovers(project, task_id);
+CREATE INDEX leftovers_by_node ON leftovers(node);
+"""),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
