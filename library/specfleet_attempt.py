@@ -83,6 +83,13 @@ options:
   executor:
     description: Run this executor (and its fallbacks) instead of the spec's, e.g. C(replay) (C(-e specfleet_executor=...)).
     type: str
+  heartbeat:
+    description:
+      - Seconds between the runner's heartbeats (the C(heartbeat) file in the run directory).
+      - The wait (M(specfleet_job) O(stall)) declares the job stalled when the heartbeat is older
+        than its stall limit, so keep that limit several heartbeats long.
+    type: int
+    default: 10
   python:
     description: Python 3 on the node that runs the runner.
     type: str

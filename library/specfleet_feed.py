@@ -34,6 +34,15 @@ options:
   default_executor:
     description: As for M(specfleet_validate).
     type: str
+  open_run:
+    description:
+      - Open the dispatch run (returned as C(run_id)) in the state store, owned by the
+        C(ansible-playbook) process, before listing the runnable specs.
+      - Fails, naming the live run and how to stop it, while another dispatch run of the same
+        project lives. Runs whose owner process died, or whose heartbeat is older than the lease
+        time, are reclaimed first; the jobs they left on nodes are adopted by this run.
+    type: bool
+    default: true
 attributes:
   action:
     support: full

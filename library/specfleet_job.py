@@ -67,6 +67,16 @@ options:
     description: Longest single wait command, in seconds.
     type: int
     default: 300
+  stall:
+    description:
+      - With O(state=finished), seconds without a node-side heartbeat (the C(heartbeat) file the agent
+        runner rewrites every 10 s) after which a job that is still alive counts as stalled. It is
+        woken, sent TERM, then KILL 10 s later, and the result is failed with
+        C(specfleet_infrastructure=true) and C(specfleet_stalled=true), so the spec is queued again
+        without using an attempt.
+      - C(0) turns the check off. Jobs without a heartbeat file (plain commands) are never stalled.
+    type: int
+    default: 0
 attributes:
   action:
     support: full

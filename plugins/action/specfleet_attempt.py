@@ -44,6 +44,7 @@ ARGUMENT_SPEC = {
     "prompt_budget": {"type": "int", "default": 60000},
     "python": {"type": "str", "default": "python3"},
     "executor": {"type": "str"},
+    "heartbeat": {"type": "int", "default": 10},
 }
 FINALIZE = '{python} ./runner.py finalize "$PWD" "$rc" >> runner-finalize.log 2>&1; rm -f secrets.json'
 
@@ -124,6 +125,7 @@ class ActionModule(ActionBase):
                                         f"{fetched['stderr'].strip()[-500:]}")
         core = Path(_CORE) / "specfleet"
         files = {name: (core / name).read_bytes() for name in attempts.RUNNER_FILES}
+        prepared.job["heartbeat_s"] = max(1, args["heartbeat"])
         files["job.json"] = json.dumps(prepared.job, indent=1).encode()
         files["prompt.md"] = prepared.prompt.encode()
         if prepared.recording is not None:

@@ -3,6 +3,7 @@
 """Action plugin for ``specfleet_feed`` (documentation in ``library/specfleet_feed.py``)."""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -21,6 +22,7 @@ class ActionModule(ControllerAction):
         "specs_root": {"type": "path"},
         "executors": {"type": "raw"},
         "default_executor": {"type": "str"},
+        "open_run": {"type": "bool", "default": True},
         **DB_OPTION,
     }
 
@@ -31,6 +33,12 @@ class ActionModule(ControllerAction):
         if fed is None:
             return dict(result, failed=True, changed=False, msg=report.summary())
         result.update(changed=fed.changed, feed=fed.as_dict(), run_id=controller.new_run_id())
-        # The specs a dispatch run takes on (none in check mode: nothing was queued).
-        result["runnable"] = [] if self._task.check_mode else controller.plan(db, args["project"])
+        if self._task.check_mode:  # nothing was queued and no run is opened
+            result["runnable"] = []
+            return result
+        if args["open_run"]:
+            # The run belongs to the ansible-playbook process (this worker's parent), so a
+            # later dispatch can tell at once that it died; a second live one is refused.
+            result["run_id"] = controller.open_dispatch(db, args["project"], owner_pid=os.getppid())
+        result["runnable"] = controller.plan(db, args["project"])
         return result

@@ -33,6 +33,7 @@ ARGUMENT_SPEC = {
     "timeout": {"type": "int", "default": 3600},
     "grace": {"type": "int", "default": 120},
     "segment": {"type": "int", "default": 300},
+    "stall": {"type": "int", "default": 0},
 }
 
 
@@ -88,11 +89,11 @@ class ActionModule(ActionBase):
                     msg=("already running: attached to it" if attached else "started"))
 
     def _wait(self, result: dict, args: dict, run: str) -> dict:
-        """Wait in segments; ride out SSH drops shorter than ``grace`` seconds."""
+        """Wait in segments; ride out SSH drops shorter than ``grace`` seconds; kill a stalled job."""
         outage_since = None
         while True:
             try:
-                answer = self._shell(jobs.wait_script(run, args["segment"]))
+                answer = self._shell(jobs.wait_script(run, args["segment"], stall_s=args["stall"]))
                 if answer["rc"] == 255:
                     raise AnsibleConnectionFailure(answer["stderr"].strip() or "ssh exited 255")
                 status = jobs.parse_wait(answer["stdout"])
@@ -107,6 +108,11 @@ class ActionModule(ActionBase):
             except jobs.JobError as exc:
                 return dict(result, failed=True, specfleet_infrastructure=True, msg=str(exc))
             outage_since = None
+            if status.status == "stalled":
+                reason = (f"heartbeat stopped: none for {status.heartbeat_age:.0f} s (limit {args['stall']} s);"
+                          " the job's process group was killed")
+                self._shell(jobs.stall_script(run, reason))
+                continue
             if status.status == "running":
                 continue
             return self._ended(result, args, run, status)
@@ -121,11 +127,14 @@ class ActionModule(ActionBase):
         result.update(started_at=status.started_at, ended_at=status.ended_at, rc=status.exit_code,
                       output_tail=status.output_tail, cancelled=status.cancelled, changed=True)
         if status.status == "missing":
-            return dict(result, failed=True, specfleet_infrastructure=True, changed=False,
+            return dict(result, failed=True, specfleet_infrastructure=True, specfleet_job_ended=True, changed=False,
                         msg=f"no job in {run}: the node lost it (disk replaced, work root removed?)")
         if status.status == "lost":
-            return dict(result, failed=True, specfleet_infrastructure=True,
+            return dict(result, failed=True, specfleet_infrastructure=True, specfleet_job_ended=True,
                         msg=f"the job in {run} died without an exit code (node rebooted or killed it)")
+        if status.stalled:
+            return dict(result, failed=True, specfleet_infrastructure=True, specfleet_job_ended=True,
+                        specfleet_stalled=True, msg=status.stalled)
         if status.cancelled:
             return dict(result, failed=True, msg="cancelled by stop.yml")
         if status.exit_code == jobs.TIMEOUT_EXIT:

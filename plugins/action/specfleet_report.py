@@ -25,6 +25,8 @@ class ActionModule(ControllerAction):
 
     def act(self, result, args, task_vars, db):
         report = controller.run_report(db, args["project"], args["run_id"], args["task_ids"])
+        if args["run_id"]:  # already closed by the dispatch play, unless it had no spec to run
+            controller.close_run(db, args["run_id"], "ok" if report["complete"] else "failed")
         result.update(summary=report["summary"], by_state=report["by_state"], attempts=report["attempts"],
                       changed=False, msg=[report["summary"], *report["not_completed"]])
         if not report["complete"]:

@@ -11,6 +11,7 @@ plugin is kept to this one class so that moving off the interface touches one fi
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -27,7 +28,7 @@ if _CORE not in sys.path:
 
 from specfleet import dispatcher as policy  # noqa: E402
 from specfleet.fleet import NodeInfo  # noqa: E402
-from specfleet.store import Store  # noqa: E402
+from specfleet.store import Store, StoreError  # noqa: E402
 
 DOCUMENTATION = r"""
 name: specfleet_dag
@@ -47,6 +48,10 @@ description:
   - An unreachable spec host is charged to its node, not the spec. The node is quarantined with
     backoff and the spec is queued again without using an attempt.
   - The worker pool grows with the number of running specs (one waiting worker each).
+  - A spec whose job outlived an earlier run (controller killed, node cut off) is granted its old
+    attempt again on the same node, with C(specfleet_job_run) set to the run id of its directories
+    there, so the pipeline re-attaches to the job or harvests its result instead of starting a
+    second agent.
 author: specfleet contributors
 """
 
@@ -62,6 +67,8 @@ class StrategyModule(FreeStrategy):
         super().__init__(tqm)
         self._last_failure: dict[str, str] = {}  # host name -> first line of its last failure
         self._infra: dict[str, str] = {}         # host name -> the pipeline says its machinery failed
+        self._job_ended: set[str] = set()        # host names whose job is known to be gone (no leftover)
+        self._stalled: set[str] = set()          # host names whose job was killed for a stopped heartbeat
 
     def run(self, iterator, play_context):
         self._iterator = iterator
@@ -90,22 +97,25 @@ class StrategyModule(FreeStrategy):
         others = sorted({h.vars.get("specfleet_project") for h in hosts.values()} - {fixed["specfleet_project"]})
         if others:
             raise AnsibleError(f"one dispatch play runs one project; found {fixed['specfleet_project']} and {others}")
-        nodes, unreachable = self._nodes()
+        nodes, unreachable, reachable = self._nodes()
         task_ids = {h.vars["specfleet_task_id"]: h for h in hosts.values()}
         self._by_task = task_ids
         engine = policy.Dispatcher(Store(fixed["specfleet_db"]), fixed["specfleet_project"], task_ids, nodes,
                                    run_id=fixed["specfleet_run_id"])
-        engine.open(unreachable)
+        try:
+            engine.open(unreachable, reachable, owner_pid=os.getpid())
+        except StoreError as exc:
+            raise AnsibleError(f"dispatch run {fixed['specfleet_run_id']}: {exc}") from exc
         for name, reason in sorted(unreachable.items()):
             display.warning(f"{name} is quarantined: the preflight could not reach it ({reason})")
         return engine
 
     def _nodes(self):
-        """The worker nodes from the inventory, and those the preflight play could not reach."""
+        """The worker nodes from the inventory, those the preflight could not reach and those it reached."""
         names = self._inventory.get_groups_dict().get(NODE_GROUP, [])
         if not names:
             raise AnsibleError(f"the inventory has no group {NODE_GROUP}: nowhere to run specs")
-        nodes, unreachable = [], {}
+        nodes, unreachable, reachable = [], {}, []
         for name in names:
             host = self._inventory.get_host(name)
             hostvars = self._variable_manager.get_vars(play=self._iterator._play, host=host)
@@ -118,7 +128,9 @@ class StrategyModule(FreeStrategy):
             preflight = hostvars.get("specfleet_preflight") or {}
             if name in self._tqm._unreachable_hosts or preflight.get("unreachable"):
                 unreachable[name] = str(preflight.get("msg") or "unreachable").splitlines()[0][:200]
-        return nodes, unreachable
+            elif preflight.get("ping") == "pong":
+                reachable.append(name)
+        return nodes, unreachable, reachable
 
     # -- the hook the free loop calls every pass --------------------------------------------
 
@@ -147,10 +159,11 @@ class StrategyModule(FreeStrategy):
     def _start(self, grant) -> None:
         host = self._by_task[grant.task_id]
         for var, value in (("specfleet_node", grant.node), ("specfleet_slot", grant.slot),
-                           ("specfleet_attempt", grant.attempt)):
+                           ("specfleet_attempt", grant.attempt), ("specfleet_job_run", grant.job_run)):
             self._variable_manager.set_host_variable(host.name, var, value)
         self._running[grant.task_id] = host
-        display.display(f"{host.name}: started on {grant.node} (slot {grant.slot}, attempt {grant.attempt})",
+        adopted = f", adopting the job run {grant.job_run} left there" if grant.adopted else ""
+        display.display(f"{host.name}: started on {grant.node} (slot {grant.slot}, attempt {grant.attempt}{adopted})",
                         color=C.COLOR_HIGHLIGHT)
 
     def _collect_ended(self, iterator) -> bool:
@@ -167,15 +180,22 @@ class StrategyModule(FreeStrategy):
             del self._running[task_id]
             failure = self._last_failure.pop(name, "pipeline failed")
             infra = self._infra.pop(name, None)
+            job_ended = name in self._job_ended
+            stalled = name in self._stalled
+            self._job_ended.discard(name)
+            self._stalled.discard(name)
             if unreachable:
                 ending, reason = policy.UNREACHABLE, failure
             elif not iterator.is_failed(host):
                 ending, reason = policy.SUCCEEDED, None
+            elif stalled:
+                ending, reason = policy.STALLED, infra
             elif infra:
                 ending, reason = policy.INFRASTRUCTURE, infra
             else:
                 ending, reason = policy.FAILED, failure
-            done = self._dispatcher.finish(task_id, ending, reason)
+            leftover = ending == policy.UNREACHABLE or (ending == policy.INFRASTRUCTURE and not job_ended)
+            done = self._dispatcher.finish(task_id, ending, reason, leftover=leftover)
             self._report(host, ending, reason, done)
             if done.requeued:
                 self._reset(iterator, host, ending)
@@ -231,7 +251,15 @@ class StrategyModule(FreeStrategy):
             data = result._return_data
             if not isinstance(data, dict) or not (data.get("failed") or data.get("unreachable")):
                 continue
-            self._last_failure[result.host.name] = str(data.get("msg") or "failed").splitlines()[0][:300]
-            if data.get("specfleet_infrastructure") and not result.task.ignore_errors:
-                self._infra[result.host.name] = self._last_failure[result.host.name]
+            name = result.host.name
+            self._last_failure[name] = str(data.get("msg") or "failed").splitlines()[0][:300]
+            if result.task.ignore_errors:
+                continue
+            # A step that hit its task timeout (a hung node) is the node's fault, not the spec's.
+            if data.get("specfleet_infrastructure") or data.get("timedout"):
+                self._infra[name] = self._last_failure[name]
+            if data.get("specfleet_job_ended"):
+                self._job_ended.add(name)
+            if data.get("specfleet_stalled"):
+                self._stalled.add(name)
         return results

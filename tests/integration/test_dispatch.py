@@ -12,6 +12,7 @@ import re
 import sqlite3
 import subprocess
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -188,25 +189,42 @@ def test_failure_blocks_descendants_retries_and_sets_the_exit_status(fleet):
     used = dict(db.execute("SELECT task_id, attempts_used FROM specs WHERE project = 'fail'").fetchall())
     assert used["S7"] == 1 and used["S2"] == 1 and used["S1"] == 0
     assert not any(r["task"] in ("S3", "S4") for r in fleet.log())
+    # A person fixes S2 and rescues the project: only S2 and what it blocked run again.
+    (fleet.shared / "fail" / "S2").unlink()
+    rescue = subprocess.run(fleet.command("fail", "playbooks/rescue.yml"), cwd=REPO_ROOT, env=fleet.controller.env,
+                            capture_output=True, text=True, timeout=300, check=False)
+    assert rescue.returncode == 0, rescue.stdout[-3000:]
+    assert "re-queued 3: S2, S3, S4" in rescue.stdout
+    assert fleet.db().execute("SELECT attempts_used FROM specs WHERE task_id = 'S2'").fetchone()[0] == 0
+    again = fleet.dispatch("fail")
+    assert again.returncode == 0, again.stdout[-3000:]
+    assert set(fleet.states("fail").values()) == {"completed"}
+    starts = Counter(r["task"] for r in fleet.log() if r["event"] == "start")
+    assert starts["S1"] == 1 and starts["S5"] == 1 and starts["S3"] == 1 and starts["S4"] == 1
 
 
-def test_two_projects_at_once_share_the_slots(fleet):
-    first, first_durations = random_project(seed=11, count=18, prefix="A")
-    second, second_durations = random_project(seed=12, count=18, prefix="B")
-    fleet.project("alpha", first)
-    fleet.project("beta", second)
-    fleet.durations({**first_durations, **second_durations})
-    runs = [fleet.start("alpha"), fleet.start("beta")]
-    outputs = [p.communicate(timeout=600)[0] for p in runs]
-    assert [p.returncode for p in runs] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+def test_three_projects_at_once_share_the_slots_and_a_second_run_of_one_is_refused(fleet):
+    projects = {name: random_project(seed=seed, count=count, prefix=prefix)
+                for name, seed, count, prefix in (("alpha", 11, 18, "A"), ("beta", 12, 18, "B"), ("gamma", 13, 12, "G"))}
+    for name, (specs, durations) in projects.items():
+        fleet.project(name, specs)
+        fleet.durations(durations)
+    runs = {name: fleet.start(name) for name in projects}
+    twin = fleet.start("alpha")  # the same project again, at the same time: exactly one of the two may run
+    outputs = {name: p.communicate(timeout=600)[0] for name, p in runs.items()}
+    twin_output = twin.communicate(timeout=600)[0]
+    alphas = sorted([(runs["alpha"].returncode, outputs["alpha"]), (twin.returncode, twin_output)])
+    assert [code for code, _ in alphas] == [0, 2], alphas[1][1][-3000:]
+    assert "project alpha is already being dispatched by run" in alphas[1][1]
+    assert "stop.yml -e project=alpha" in alphas[1][1]
+    assert runs["beta"].returncode == runs["gamma"].returncode == 0, outputs["beta"][-2000:] + outputs["gamma"][-2000:]
     log = fleet.log()
-    check_log(log, first, "alpha")
-    check_log(log, second, "beta")
-    # Both runs were on the nodes at the same time (the slot counts were shared).
-    alpha = [r["t"] for r in log if r["project"] == "alpha"]
-    beta = [r["t"] for r in log if r["project"] == "beta"]
-    assert min(alpha) < max(beta) and min(beta) < max(alpha)
-    assert sum(1 for r in log if r["event"] == "start") == 36
+    for name, (specs, _durations) in projects.items():
+        check_log(log, specs, name)  # occupancy per node within slots, no overlapping locks, deps first
+    # All three were on the nodes at the same time (the slot counts were shared).
+    spans = {name: [r["t"] for r in log if r["project"] == name] for name in projects}
+    assert max(min(t) for t in spans.values()) < min(max(t) for t in spans.values())
+    assert sum(1 for r in log if r["event"] == "start") == 48
 
 
 def test_drain_finishes_running_specs_and_starts_nothing_more(fleet):

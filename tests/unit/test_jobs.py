@@ -116,3 +116,24 @@ def test_home_relative_roots_expand_on_the_node():
     assert sh(f"echo {jobs.shell_path('~/a b')}").stdout.strip() == os.path.expanduser("~/a b")
     with pytest.raises(jobs.JobError):
         jobs.shell_path("~other/x")
+
+
+def test_a_heartbeat_that_stops_while_the_job_lives_is_read_as_stalled_and_the_job_killed(job):
+    run, work = job()
+    # A job that beats twice, then stops itself (SIGSTOP): alive, but its heartbeat goes stale.
+    beat = 'for i in 1 2; do date +%s > "$SPECFLEET_RUN_DIR/heartbeat"; sleep 0.3; done; kill -STOP $$; echo woke'
+    sh(jobs.launch_script(run, work, beat, {}, 60))
+    assert wait(run, segment=5).status == "running"  # no stall limit: never stalled
+    status = jobs.parse_wait(sh(jobs.wait_script(run, 30, stall_s=1.5)).stdout)
+    assert status.status == "stalled" and status.heartbeat_age > 1.5
+    assert sh(jobs.stall_script(run, "heartbeat stopped (test)", grace_s=2)).stdout.strip() == "SIGNALLED"
+    final = jobs.parse_wait(sh(jobs.wait_script(run, 30, stall_s=1.5)).stdout)
+    assert final.status == "finished" and final.stalled == "heartbeat stopped (test)"
+    assert "woke" in final.output_tail  # CONT woke it, so it could handle the TERM (or end) itself
+
+
+def test_a_job_without_a_heartbeat_file_is_never_stalled(job):
+    run, work = job()
+    sh(jobs.launch_script(run, work, "sleep 3", {}, 60))
+    assert jobs.parse_wait(sh(jobs.wait_script(run, 1, stall_s=0.5)).stdout).status == "running"
+    sh(jobs.cancel_script(run, "test over"))

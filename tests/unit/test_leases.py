@@ -12,7 +12,7 @@ from specfleet.fleet import NodeInfo, choose_node, ready_and_doomed
 from specfleet.leases import LeaseBook, RunConflict
 from specfleet.paths import paths_overlap
 from specfleet.states import SpecState
-from specfleet.store import Store
+from specfleet.store import Store, StoreError
 from specfleet.validation import validate_project
 from tests.conftest import ProjectFactory, spec_text
 
@@ -317,3 +317,20 @@ def check_invariants(store, running):
 
 def modifies(store, task_id):
     return json.loads(store.db.execute("SELECT modifies_json FROM specs WHERE task_id = ?", (task_id,)).fetchone()[0])
+
+
+def test_rescue_requeues_failed_and_blocked_specs_with_fresh_attempts_and_never_completed_work(projects, store):
+    feed(projects, store, **{"S1.md": spec_text("S1", retries=0), "S2.md": spec_text("S2", depends_on=["S1"],
+                                                                                     modifies=["src/util.py"]),
+                             "S3.md": spec_text("S3", modifies=["README.md"])})
+    leases = book(store)
+    granted = {g.task_id: g for g in leases.grant("demo", [NodeInfo("n", 4)]).granted}
+    assert leases.finish(granted["S1"], False, "tests red").blocked == ("S2",)
+    leases.finish(granted["S3"], True)
+    with pytest.raises(StoreError, match="has no spec NOPE"):
+        store.rescue("demo", ["NOPE"])
+    rescued = store.rescue("demo", ["S1", "S3"])
+    assert rescued == {"requeued": ["S1", "S2"], "skipped": {"S3": "completed"}}
+    assert {r.task_id: (r.state.value, r.attempts_used) for r in store.specs("demo")} == {
+        "S1": ("queued", 0), "S2": ("queued", 0), "S3": ("completed", 0)}
+    assert store.rescue("demo") == {"requeued": [], "skipped": {}}

@@ -85,7 +85,7 @@ def plan(db: str | None, project: str, ttl: float = 90.0) -> list[dict[str, Any]
     """The specs a new dispatch run takes on: every queued spec, in dispatch order.
 
     Leases of dead runs are reclaimed first, so specs they held are queued again and
-    included.
+    included (their jobs are adopted, not started twice).
     """
     with Store(resolve_db(db)) as store:
         LeaseBook(store, ttl=ttl).expire()
@@ -93,6 +93,21 @@ def plan(db: str | None, project: str, ttl: float = 90.0) -> list[dict[str, Any]
     return [{"task_id": r.task_id, "priority": r.priority, "executor": r.executor, "depends_on": r.depends_on,
              "modifies": r.modifies, "timeout_s": r.timeout_s, "estimate_s": r.estimate_s, "verify": r.verify,
              "revision": r.revision} for r in rows]
+
+
+def open_dispatch(db: str | None, project: str, owner_pid: int | None = None) -> str:
+    """Open a dispatch run of ``project`` owned by ``owner_pid``; refuse while another one lives.
+
+    Raises :class:`~.leases.RunConflict` (a ``StoreError``) naming the live run.
+    """
+    with Store(resolve_db(db)) as store:
+        return LeaseBook(store).open_run(project, owner_pid=owner_pid)
+
+
+def close_run(db: str | None, run_id: str, status: str) -> None:
+    """End ``run_id`` if it is still open (a run whose dispatch play had no spec to run)."""
+    with Store(resolve_db(db)) as store:
+        LeaseBook(store, run_id).close_run(status)
 
 
 def run_report(db: str | None, project: str, run_id: str | None, task_ids: Iterable[str]) -> dict[str, Any]:

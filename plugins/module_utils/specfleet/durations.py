@@ -10,12 +10,13 @@ _DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 MAX_DURATION = 7 * 86400
 
 
-def parse_duration(value: object) -> int:
+def parse_duration(value: object, maximum: int | None = MAX_DURATION, allow_zero: bool = False) -> int:
     """Return whole seconds for ``value``; raise ``ValueError`` with what would be right.
 
-    A bare integer means seconds. Zero, negative and anything above seven days are
-    refused: a spec is meant to be minutes of agent work, and a week-long timeout is
-    always a typo that would pin a slot.
+    A bare integer means seconds. By default zero, negative and anything above seven
+    days are refused: a spec is meant to be minutes of agent work, and a week-long
+    timeout is always a typo that would pin a slot. Ages (cleanup) pass ``maximum=None``
+    and ``allow_zero``.
     """
     if isinstance(value, bool):
         raise ValueError(f"{value!r} is not a duration; write e.g. 90s, 5m, 1h30m")
@@ -33,10 +34,10 @@ def parse_duration(value: object) -> int:
             seconds = sum(int(n) * _UNITS[u] for n, u in zip(match.groups(), "dhms", strict=True) if n)
     else:
         raise ValueError(f"{value!r} is not a duration; write e.g. 90s, 5m, 1h30m")
-    if seconds <= 0:
+    if seconds < 0 or (seconds == 0 and not allow_zero):
         raise ValueError(f"{value!r} must be longer than zero")
-    if seconds > MAX_DURATION:
-        raise ValueError(f"{value!r} is longer than the 7 day maximum")
+    if maximum is not None and seconds > maximum:
+        raise ValueError(f"{value!r} is longer than the {format_duration(maximum)} maximum")
     return seconds
 
 

@@ -15,7 +15,13 @@ a dropped connection and the controller; everything about it is a file there:
 ``exit_code``      written last, atomically: its presence means "finished"
 ``output.log``     the command's stdout and stderr
 ``cancelled``      written by ``stop.yml -e cancel=true`` before it signals
+``stalled``        written before a job whose heartbeat stopped is killed
+``heartbeat``      written by the agent runner every 10 s (plain jobs have none)
 =================  =========================================================
+
+**Heartbeats are read.** The waiter compares the age of ``heartbeat`` with the stall
+limit it is given: a job whose wrapper lives but whose heartbeat stopped (the runner is
+wedged or stopped) is reported ``stalled``, and the caller kills it (:func:`stall_script`).
 
 Waiting is one remote command per segment that blocks until ``exit_code`` appears or
 the wrapper is gone, so a waiting spec costs no SSH polling traffic; a dropped connection only ends a
@@ -146,7 +152,7 @@ def launch_script(run: str, workdir: str, command: str, env: dict[str, str], tim
 
 WAITER = """\
 import os, sys, time
-run, segment = sys.argv[1], float(sys.argv[2])
+run, segment, stall = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
 def read(name):
     try:
         with open(os.path.join(run, name)) as f:
@@ -169,18 +175,32 @@ def alive(pid):
         return False
     except OSError:
         return True
+def heartbeat_age():
+    try:
+        return time.time() - os.stat(os.path.join(run, "heartbeat")).st_mtime
+    except OSError:
+        return None
+def stalled():
+    age = heartbeat_age()
+    return stall > 0 and age is not None and age > stall and not os.path.exists(os.path.join(run, "stalled"))
 pid = read("wrapper_pid")
 if not pid.isdigit():
     print("STATUS=missing")
     sys.exit(0)
 deadline = time.monotonic() + segment
-while not os.path.exists(os.path.join(run, "exit_code")) and alive(int(pid)) and time.monotonic() < deadline:
+while (not os.path.exists(os.path.join(run, "exit_code")) and alive(int(pid)) and not stalled()
+       and time.monotonic() < deadline):
     time.sleep(0.2)
 if os.path.exists(os.path.join(run, "exit_code")):
     status = "finished"
+elif not alive(int(pid)):
+    status = "lost"
 else:
-    status = "running" if alive(int(pid)) else "lost"
+    status = "stalled" if stalled() else "running"
+age = heartbeat_age()
 print("STATUS=" + status)
+print("HEARTBEAT_AGE=" + ("" if age is None else "%.1f" % age))
+print("STALLED=" + " ".join(read("stalled").split()))
 print("EXIT=" + read("exit_code"))
 print("STARTED=" + read("started_at"))
 print("ENDED=" + read("ended_at"))
@@ -196,36 +216,55 @@ except OSError:
 """
 
 
-def wait_script(run: str, segment_s: int, python: str = "python3") -> str:
-    """Block until the job ends or ``segment_s`` passes; print one status block.
+def wait_script(run: str, segment_s: int, python: str = "python3", stall_s: float = 0) -> str:
+    """Block until the job ends, stalls or ``segment_s`` passes; print one status block.
 
     The waiter is a small Python loop on the node (Ansible needs Python there anyway):
-    one process per waiting spec, a ``stat`` every 0.2 s, no forks.
+    one process per waiting spec, a ``stat`` every 0.2 s, no forks. ``stall_s`` > 0: a
+    heartbeat older than that (while the job lives) ends the wait as ``stalled``.
     """
-    return f"{shlex.quote(python)} -c {shlex.quote(WAITER)} {shell_path(run)} {int(segment_s)}\n"
+    return (f"{shlex.quote(python)} -c {shlex.quote(WAITER)} {shell_path(run)} {int(segment_s)} "
+            f"{float(stall_s):g}\n")
 
 
-def cancel_script(run: str, reason: str) -> str:
-    """Mark the job cancelled and signal its process group (TERM, KILL after the grace)."""
+def _signal_script(run: str, marker: str, reason: str, grace_s: int, wake: bool) -> str:
+    """Write ``marker`` (the reason), TERM the job's process group, KILL it after ``grace_s``."""
+    wake_up = "kill -CONT -$pg 2>/dev/null; " if wake else ""
     return (
         f"cd {shell_path(run)} 2>/dev/null || exit 0\n"
         "[ -e exit_code ] && { echo ALREADY_ENDED; exit 0; }\n"
-        f"printf '%s\\n' {shlex.quote(reason)} > cancelled\n"
+        f"printf '%s\\n' {shlex.quote(reason)} > {marker}\n"
         "[ -e job_pid ] || { echo NOT_STARTED; exit 0; }\n"
-        "pg=$(cat job_pid); kill -TERM -$pg 2>/dev/null\n"
-        f"i=0; while kill -0 -$pg 2>/dev/null && [ $i -lt {KILL_GRACE_S * 4} ]; do sleep 0.25; i=$((i+1)); done\n"
+        f"pg=$(cat job_pid); {wake_up}kill -TERM -$pg 2>/dev/null\n"
+        f"i=0; while kill -0 -$pg 2>/dev/null && [ $i -lt {int(grace_s) * 4} ]; do sleep 0.25; i=$((i+1)); done\n"
         "kill -KILL -$pg 2>/dev/null; echo SIGNALLED\n"
     )
 
 
+def cancel_script(run: str, reason: str) -> str:
+    """Mark the job cancelled and signal its process group (TERM, KILL after the grace)."""
+    return _signal_script(run, "cancelled", reason, KILL_GRACE_S, wake=False)
+
+
+def stall_script(run: str, reason: str, grace_s: int = 10) -> str:
+    """Kill a job whose heartbeat stopped: mark it ``stalled``, wake it (CONT), TERM, KILL after ``grace_s``.
+
+    A stopped process would sit on a TERM until continued; CONT lets the runner's own
+    handler finalise its status. The wrapper then writes ``exit_code`` as usual.
+    """
+    return _signal_script(run, "stalled", reason, grace_s, wake=True)
+
+
 @dataclass
 class JobStatus:
-    status: str                  # finished, running, lost, missing
+    status: str                  # finished, running, stalled, lost, missing
     exit_code: int | None = None
     started_at: float | None = None
     ended_at: float | None = None
     cancelled: bool = False
     output_tail: str = ""
+    heartbeat_age: float | None = None
+    stalled: str = ""            # why it was killed as stalled (the ``stalled`` file)
 
 
 def parse_wait(stdout: str) -> JobStatus:
@@ -237,7 +276,7 @@ def parse_wait(stdout: str) -> JobStatus:
         if sep:
             fields[key.strip()] = value.strip()
     status = fields.get("STATUS")
-    if status not in ("finished", "running", "lost", "missing"):
+    if status not in ("finished", "running", "stalled", "lost", "missing"):
         raise JobError(f"unexpected answer from the node: {stdout[:200]!r}")
 
     def number(key: str) -> float | None:
@@ -248,4 +287,5 @@ def parse_wait(stdout: str) -> JobStatus:
 
     code = fields.get("EXIT")
     return JobStatus(status, int(code) if code not in (None, "") and code.lstrip("-").isdigit() else None,
-                     number("STARTED"), number("ENDED"), fields.get("CANCELLED") == "1", tail)
+                     number("STARTED"), number("ENDED"), fields.get("CANCELLED") == "1", tail,
+                     number("HEARTBEAT_AGE"), fields.get("STALLED", ""))

@@ -41,7 +41,7 @@ from .fleet import NodeInfo, choose_node, ordered, ready_and_doomed
 from .graph import SpecGraph
 from .paths import paths_overlap
 from .states import SpecState
-from .store import Store, _event, now
+from .store import Store, StoreError, _event, now
 
 DEFAULT_TTL = 90.0
 QUARANTINE_BASE = 30.0
@@ -51,7 +51,7 @@ OCCUPYING = ("unknown", "running")  # leftover statuses that still use a slot on
 LEFTOVER_MARGIN = 90.0
 
 
-class RunConflict(Exception):
+class RunConflict(StoreError):
     """Another live dispatch run already works on the project."""
 
 

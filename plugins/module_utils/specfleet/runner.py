@@ -15,7 +15,8 @@ What it leaves in the run directory:
                       rounds, executor that produced the result, commit, timings.
                       Always finalised: by the runner, by its SIGTERM handler, or by
                       ``runner.py finalize`` which the wrapper runs after a SIGKILL.
-``heartbeat``         node time, rewritten every 10 s while the runner lives
+``heartbeat``         node time, rewritten every ``heartbeat_s`` (job.json, default 10 s) while the
+                      runner lives; the controller's waiter reads its age (stall detection)
 ``runner_pid``        the runner; ``child_pgids`` the process groups of its children
 ``round-N.prompt.md`` the prompt of each agent round (feedback appended)
 ``round-N.agent.log`` the agent's output (secrets redacted), one per executor try
@@ -299,7 +300,7 @@ class Attempt:
     def heartbeat(self) -> None:
         while not self.status.get("final"):
             write_atomic(self.path("heartbeat"), f"{now():.3f}\n", 0o644)
-            time.sleep(HEARTBEAT_S)
+            time.sleep(float(self.job.get("heartbeat_s") or HEARTBEAT_S))
 
     # processes ----------------------------------------------------------------------
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .graph import SpecGraph
 from .states import SpecState, check_transition
 
 
@@ -430,6 +431,41 @@ class Store:
                dict(detail or {}, **({"reason": reason} if reason else {})))
         new = db.execute("SELECT * FROM specs WHERE project = ? AND task_id = ?", (project, task_id)).fetchone()
         return SpecRow.from_row(new)
+
+    def rescue(self, project: str, task_ids: Sequence[str] = (), run_id: str | None = None) -> dict[str, Any]:
+        """Queue failed and blocked specs again, with their attempts reset (DAGMan's rescue DAG).
+
+        Without ``task_ids``: every ``failed`` and ``blocked`` spec of the project. With
+        them: those specs (``cancelled`` ones too, since a person named them) and the
+        ``blocked`` specs that depend on them. Completed work is never re-run. A spec in any
+        other state is left alone and listed under ``skipped``.
+        """
+        with self.transaction() as db:
+            rows = {r["task_id"]: r for r in db.execute(
+                "SELECT task_id, state, depends_on_json FROM specs WHERE project = ?", (project,))}
+            if not rows:
+                raise StoreError(f"no project {project!r} in the state store: feed or dispatch it first")
+            unknown = sorted(set(task_ids) - set(rows))
+            if unknown:
+                raise StoreError(f"project {project} has no spec {', '.join(unknown)}")
+            stuck = (SpecState.FAILED.value, SpecState.BLOCKED.value)
+            if task_ids:
+                graph = SpecGraph({t: json.loads(r["depends_on_json"]) for t, r in rows.items()})
+                wanted = set(task_ids) | {d for t in task_ids for d in graph.descendants(t)
+                                          if rows[d]["state"] == SpecState.BLOCKED.value}
+            else:
+                wanted = {t for t, r in rows.items() if r["state"] in stuck}
+            requeued, skipped = [], {}
+            for task_id in sorted(wanted):
+                state = rows[task_id]["state"]
+                if state in stuck or (state == SpecState.CANCELLED.value and task_id in task_ids):
+                    self._transition(db, project, task_id, SpecState.QUEUED, reason=None, run_id=run_id,
+                                     detail={"rescued_from": state}, extra_sets={"attempts_used": 0})
+                    requeued.append(task_id)
+                else:
+                    skipped[task_id] = state
+            _event(db, "rescued", project, run_id=run_id, detail={"requeued": requeued, "skipped": skipped})
+        return {"requeued": requeued, "skipped": skipped}
 
     # -- feeding ----------------------------------------------------------------------------
 

@@ -1,0 +1,100 @@
+# Copyright: specfleet contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Action plugin for ``specfleet_cleanup`` (documentation in ``library/specfleet_cleanup.py``).
+
+One SSH command lists the project's attempt directories on the node, the controller
+decides with the state store and the repository (``specfleet.cleanup.decide``), and one
+more command deletes what may go.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from ansible.plugins.action import ActionBase
+
+_CORE = str(Path(__file__).resolve().parents[1] / "module_utils")
+if _CORE not in sys.path:
+    sys.path.insert(0, _CORE)
+
+from specfleet import cleanup, controller, jobs  # noqa: E402
+from specfleet.durations import parse_duration  # noqa: E402
+from specfleet.store import Store, StoreError  # noqa: E402
+
+ARGUMENT_SPEC = {
+    "project": {"type": "str", "required": True},
+    "root": {"type": "str", "required": True},
+    "older_than": {"type": "str", "default": "7d"},
+    "db": {"type": "path"},
+}
+
+
+class ActionModule(ActionBase):
+    TRANSFERS_FILES = False
+    _VALID_ARGS = frozenset(ARGUMENT_SPEC)
+
+    def run(self, tmp=None, task_vars=None):
+        result = super().run(tmp, task_vars)
+        _spec, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
+        try:
+            age = parse_duration(args["older_than"], maximum=None, allow_zero=True)
+        except ValueError as exc:
+            return dict(result, failed=True, msg=f"older_than: {exc}")
+        db = str(controller.resolve_db(args["db"] or (task_vars or {}).get("specfleet_db")))
+        try:
+            listing = self._shell(cleanup.list_script(args["root"], args["project"]))
+            if listing["rc"] != 0:
+                return dict(result, failed=True, msg=f"could not list {args['root']}: {listing['stderr'].strip()[-300:]}")
+            entries, node_now = cleanup.parse_listing(listing["stdout"], args["project"])
+            with Store(db) as store:
+                removable, kept = self._decide(store, args, entries, node_now, age)
+        except (StoreError, jobs.JobError) as exc:
+            return dict(result, failed=True, msg=f"state store {db}: {exc}")
+        paths = []
+        for entry in removable:
+            number, run = entry.attempt
+            paths += [jobs.run_dir(args["root"], args["project"], entry.task_id, number, run),
+                      jobs.workspace_dir(args["root"], args["project"], entry.task_id, number, run)]
+        result.update(removed=[f"{e.task_id}/{e.name}" for e in removable], kept=kept, changed=bool(removable))
+        if removable and not self._task.check_mode:
+            quoted = " ".join(jobs.shell_path(p) for p in paths)
+            gone = self._shell(f"rm -rf -- {quoted}")
+            if gone["rc"] != 0:
+                return dict(result, failed=True, msg=f"could not delete: {gone['stderr'].strip()[-300:]}")
+        verb = "would remove" if self._task.check_mode else "removed"
+        return dict(result, msg=f"{verb} {len(removable)} finished attempts, kept {len(kept)}")
+
+    def _shell(self, script: str) -> dict:
+        return self._low_level_execute_command(script.rstrip("\n"), sudoable=False)
+
+    def _decide(self, store: Store, args: dict, entries: dict, node_now: float, age: float):
+        project = args["project"]
+        row = store.db.execute("SELECT repository, config_json FROM projects WHERE name = ?", (project,)).fetchone()
+        if row is None:
+            raise StoreError(f"no project {project!r} in the state store; nothing is deleted for a project it does not know")
+        remote = json.loads(row["config_json"]).get("transport") == "remote"
+        attempts = {(a["task_id"], a["number"]): a for a in store.db.execute(
+            "SELECT * FROM attempts WHERE project = ?", (project,))}
+        held = {r[0] for r in store.db.execute("SELECT attempt_id FROM slot_leases UNION SELECT attempt_id FROM leftovers")}
+        states = {r["task_id"]: r["state"] for r in store.db.execute(
+            "SELECT task_id, state FROM specs WHERE project = ?", (project,))}
+
+        def work_elsewhere(attempt) -> bool:
+            if attempt["commit_sha"]:
+                return remote or cleanup.committed_here(row["repository"], attempt["commit_sha"])
+            return bool(attempt["artifacts"]) and (Path(attempt["artifacts"]) / "status.json").is_file()
+
+        removable, kept = [], {}
+        for (task_id, name), entry in sorted(entries.items()):
+            parsed = entry.attempt
+            attempt = attempts.get((task_id, parsed[0])) if parsed else None
+            if attempt is not None and attempt["run_id"] != parsed[1]:
+                attempt = None  # the same number from another database or run: not ours to judge
+            why = cleanup.decide(entry, node_now, age, attempt, attempt is not None and attempt["id"] in held,
+                                 states.get(task_id), work_elsewhere)
+            if why is None:
+                removable.append(entry)
+            else:
+                kept[f"{task_id}/{name}"] = why
+        return removable, kept
