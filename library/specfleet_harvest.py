@@ -18,7 +18,9 @@ description:
     to the job or harvests its result), so no second agent is started. A leftover whose spec
     moved on (it ran again elsewhere) is settled, and is killed first if it still runs. Lost
     and missing jobs are settled.
-  - Run against the node (the dispatch play's preflight does it for every reachable node).
+  - Run against the node (the dispatch play's preflight does it for every reachable node). The
+    node answered, so it is marked healthy; a quarantined node is re-admitted (event
+    C(node_readmitted)).
 options:
   node:
     description: The node's inventory name, as recorded in the state store.

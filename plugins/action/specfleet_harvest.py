@@ -49,6 +49,8 @@ class ActionModule(ActionBase):
             return dict(result, failed=True, msg=f"state store {db}: {exc}")
 
     def _harvest(self, result: dict, args: dict, book: LeaseBook) -> dict:
+        if not self._task.check_mode:
+            book.node_healthy(args["node"], seen=True)  # it answered: a quarantined node is re-admitted
         rows = book.leftovers(args["node"])
         result.update(changed=False, kept=[], settled=[], killed=[])
         if not rows:

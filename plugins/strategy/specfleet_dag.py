@@ -97,13 +97,13 @@ class StrategyModule(FreeStrategy):
         others = sorted({h.vars.get("specfleet_project") for h in hosts.values()} - {fixed["specfleet_project"]})
         if others:
             raise AnsibleError(f"one dispatch play runs one project; found {fixed['specfleet_project']} and {others}")
-        nodes, unreachable, reachable = self._nodes()
+        nodes, unreachable = self._nodes()
         task_ids = {h.vars["specfleet_task_id"]: h for h in hosts.values()}
         self._by_task = task_ids
         engine = policy.Dispatcher(Store(fixed["specfleet_db"]), fixed["specfleet_project"], task_ids, nodes,
                                    run_id=fixed["specfleet_run_id"])
         try:
-            engine.open(unreachable, reachable, owner_pid=os.getpid())
+            engine.open(unreachable, owner_pid=os.getpid())
         except StoreError as exc:
             raise AnsibleError(f"dispatch run {fixed['specfleet_run_id']}: {exc}") from exc
         for name, reason in sorted(unreachable.items()):
@@ -111,11 +111,11 @@ class StrategyModule(FreeStrategy):
         return engine
 
     def _nodes(self):
-        """The worker nodes from the inventory, those the preflight could not reach and those it reached."""
+        """The worker nodes from the inventory, and those the preflight play could not reach."""
         names = self._inventory.get_groups_dict().get(NODE_GROUP, [])
         if not names:
             raise AnsibleError(f"the inventory has no group {NODE_GROUP}: nowhere to run specs")
-        nodes, unreachable, reachable = [], {}, []
+        nodes, unreachable = [], {}
         for name in names:
             host = self._inventory.get_host(name)
             hostvars = self._variable_manager.get_vars(play=self._iterator._play, host=host)
@@ -128,9 +128,7 @@ class StrategyModule(FreeStrategy):
             preflight = hostvars.get("specfleet_preflight") or {}
             if name in self._tqm._unreachable_hosts or preflight.get("unreachable"):
                 unreachable[name] = str(preflight.get("msg") or "unreachable").splitlines()[0][:200]
-            elif preflight.get("ping") == "pong":
-                reachable.append(name)
-        return nodes, unreachable, reachable
+        return nodes, unreachable
 
     # -- the hook the free loop calls every pass --------------------------------------------
 

@@ -134,6 +134,14 @@ def writes(specs: dict[str, dict], rng: random.Random, low: float, high: float) 
             for t in specs}
 
 
+def signal_all(procs, sig: int) -> None:
+    for proc in procs:
+        try:
+            os.kill(proc.pid, sig)
+        except ProcessLookupError:  # a session that ended meanwhile
+            pass
+
+
 def ledger_lines(site: Site) -> list[dict]:
     return [json.loads(line) for line in site.ledger.read_text().splitlines()]
 
@@ -236,12 +244,10 @@ def test_a_hung_node_is_quarantined_like_a_dead_one(cluster, tmp_path):
             assert time.monotonic() < deadline and process.poll() is None, "no agent started on node-2"
             time.sleep(0.1)
         stopped = sorted(node.processes(), key=lambda p: p.pid)  # sshd listener and sessions: not the jobs
-        for proc in stopped:
-            os.kill(proc.pid, signal.SIGSTOP)
+        signal_all(stopped, signal.SIGSTOP)
         output = process.communicate(timeout=300)[0]
     finally:
-        for proc in stopped:
-            os.kill(proc.pid, signal.SIGCONT)
+        signal_all(stopped, signal.SIGCONT)
     assert process.returncode == 0, output[-4000:]
     assert site.states("hung") == {t: "completed" for t in specs}
     quarantined = [e["detail"] for e in site.events("node_quarantined")]

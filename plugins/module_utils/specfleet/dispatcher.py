@@ -16,7 +16,7 @@ spec's end with :meth:`Dispatcher.finish`. Everything else is here:
   flags it) is quarantined and the spec goes back to the queue without using an
   attempt; its job, which may still run there, is a leftover that a later grant adopts
   (see :mod:`.leases`). A node is healthy again once a spec on it ends normally or a
-  preflight reaches it (``node_readmitted``). A job whose heartbeat stopped was killed by
+  preflight reaches it (``node_readmitted``, written by ``specfleet_harvest``). A job whose heartbeat stopped was killed by
   the pipeline: its spec is queued again without using an attempt, the node stays in. A spec that meets
   ``infra_limit`` such failures in a row is not retried in this run (it stays queued, the
   report names it), so a broken fleet ends the run instead of cycling forever;
@@ -94,12 +94,11 @@ class Dispatcher:
 
     # -- the run --------------------------------------------------------------------------
 
-    def open(self, unreachable_nodes: Mapping[str, str] | None = None, reachable_nodes: Iterable[str] = (),
-             owner_pid: int | None = None) -> None:
+    def open(self, unreachable_nodes: Mapping[str, str] | None = None, owner_pid: int | None = None) -> None:
         """Register the run (or take over the one the feed opened) and the nodes.
 
-        Nodes the preflight could not reach are quarantined; quarantined nodes it reached
-        are re-admitted.
+        Nodes the preflight could not reach are quarantined (the preflight re-admits those it
+        reached: ``specfleet_harvest``).
         """
         self.book.open_run(self.project, owner_pid=owner_pid)
         self.book.attach_run()
@@ -107,8 +106,6 @@ class Dispatcher:
         self.book.sync_nodes(self.nodes)
         for node, reason in sorted((unreachable_nodes or {}).items()):
             self.book.quarantine(node, f"preflight: {reason}")
-        for node in sorted(set(reachable_nodes) - set(unreachable_nodes or {})):
-            self.book.node_healthy(node, seen=True)
 
     def close(self, status: str) -> None:
         if self._opened:
