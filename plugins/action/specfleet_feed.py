@@ -3,6 +3,7 @@
 """Action plugin for ``specfleet_feed`` (documentation in ``library/specfleet_feed.py``)."""
 from __future__ import annotations
 
+import multiprocessing
 import os
 import sys
 from pathlib import Path
@@ -39,6 +40,10 @@ class ActionModule(ControllerAction):
         if args["open_run"]:
             # The run belongs to the ansible-playbook process (this worker's parent), so a
             # later dispatch can tell at once that it died; a second live one is refused.
-            result["run_id"] = controller.open_dispatch(db, args["project"], owner_pid=os.getppid())
+            # The pid the worker was forked from, not getppid(): a worker orphaned by a
+            # killed controller has pid 1 as its parent, which never dies.
+            parent = multiprocessing.parent_process()
+            owner = parent.pid if parent is not None and parent.pid else os.getppid()
+            result["run_id"] = controller.open_dispatch(db, args["project"], owner_pid=owner)
         result["runnable"] = controller.plan(db, args["project"])
         return result

@@ -66,6 +66,8 @@ SCENARIOS: dict[str, tuple[dict, object]] = {
                              "exit": 1}],
                  "codex": [{"write": {"feature/mul.py": "def mul(a, b):\n    return a * b\n"}}]}),
     "h-hang": ({"modifies": ["feature/"], "retries": 0, "executor": "slow"}, [{"hang": True}]),
+    "g-after": ({"modifies": ["feature/after.py"], "depends_on": ["g-todo"]},
+                [{"write": {"feature/after.py": "AFTER = 1\n"}}]),
     "d-base": ({"modifies": ["feature/base.py"]}, [{"write": {"feature/base.py": "BASE = 'from d-base'\n"}}]),
     "d-dep": ({"modifies": ["feature/dep.py"], "depends_on": ["d-base"],
                "verify": "grep -q 'from d-base' feature/base.py && python3 -m pytest -q"},
@@ -197,6 +199,18 @@ def test_each_gate_fails_closed_and_names_the_problem(runs):
     # A failure becomes a lesson for later prompts of the project.
     lessons = [r["text"] for r in site.db().execute("SELECT text FROM lessons WHERE project = 'gates'")]
     assert any("outside modifies" in text for text in lessons)
+
+
+def test_bernstein_3254_a_failed_gate_never_lets_a_branch_through(runs):
+    site, _outputs = runs
+    repo = site.repos["gates"]
+    branches = git(repo, "branch", "--list", "specfleet/gates/*", "--format=%(refname:short)").split()
+    for task in EXPECTED_FAILURES:
+        assert f"specfleet/gates/{task}" not in branches, task
+    # Its dependent never ran: blocked, naming the failed spec, and no agent call was made.
+    row = site.specs_of("gates")["g-after"]
+    assert row["state"] == "blocked" and "g-todo" in row["reason"]
+    assert site.attempts("gates", "g-after") == []
 
 
 def test_a_passing_spec_lands_on_its_branch_with_every_gate_passed(runs):

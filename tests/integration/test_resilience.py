@@ -156,7 +156,7 @@ def test_controller_killed_at_ten_points_resumes_and_runs_every_agent_once(clust
         process = site.start("killed")
         runs += 1
         if kills < 10:
-            delay = rng.uniform(2.0, 12.0)
+            delay = rng.uniform(4.0, 16.0)
             try:
                 process.communicate(timeout=delay)
             except subprocess.TimeoutExpired:

@@ -141,7 +141,9 @@ def launch_script(run: str, workdir: str, command: str, env: dict[str, str], tim
     run_q, work_q = shell_path(run), shell_path(workdir)
     return (
         f"umask 077; mkdir -p {run_q} {work_q} && cd {run_q} || exit 1\n"
-        "if [ -e wrapper_pid ]; then echo ATTACHED; exit 0; fi\n"
+        # mkdir is atomic: of two launchers racing (an orphaned worker of a killed
+        # controller and the run that adopted its job), exactly one starts the job.
+        "mkdir launched 2>/dev/null || { echo ATTACHED; exit 0; }\n"
         f"printf %s {_b64(command_script(command, workdir, env))} | base64 -d > command.sh\n"
         f"printf %s {_b64(wrapper)} | base64 -d > wrapper.sh\n"
         "(setsid sh ./wrapper.sh < /dev/null > /dev/null 2>&1 &)\n"
