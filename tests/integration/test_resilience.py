@@ -27,7 +27,7 @@ import pytest
 
 from tests.conftest import REPO_ROOT, make_repo, spec_text
 from tests.integration.conftest import GROUP_VARS, VENV_BIN, controller_env
-from tools.localcluster import LocalCluster, NodeSpec, free_port
+from tools.localcluster import LocalCluster, NodeSpec, descendants, free_port, proc_of
 
 FAKE = REPO_ROOT / "tests" / "fixtures" / "fake_agent.py"
 SEED = int(os.environ.get("SPECFLEET_FAULT_SEED", "20261121"))
@@ -134,18 +134,36 @@ def writes(specs: dict[str, dict], rng: random.Random, low: float, high: float) 
             for t in specs}
 
 
-def kill_controller(process: subprocess.Popen) -> None:
-    """SIGKILL the whole controller: ansible-playbook and its workers, no cleanup of any kind."""
-    os.killpg(process.pid, signal.SIGKILL)
-    process.communicate()
-    # A worker forked at the instant of the kill can escape it (an orphan the product must
-    # cope with, and does); it is still in the group, so it is stopped before the test goes on.
-    while True:
+def controller_processes(marker: str) -> set:
+    """Live processes whose command line holds ``marker`` (this test's unique vars file), and their children."""
+    found = set()
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
         try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            return
+            cmdline = Path(f"/proc/{name}/cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        proc = proc_of(int(name)) if marker in cmdline else None
+        if proc is not None:
+            found.add(proc)
+    return found | descendants(found)
+
+
+def kill_controller(process: subprocess.Popen, marker: str) -> None:
+    """SIGKILL the whole controller: ansible-playbook, its workers and their ssh clients, no cleanup.
+
+    Ansible's workers call setsid, so a group kill misses them; they are found by their
+    command line. One forked at the instant of the kill is an orphan the product must cope
+    with (and does); the sweep stops it before the test goes on.
+    """
+    while True:
+        targets = controller_processes(marker)
+        if not targets:
+            break
+        signal_all(targets, signal.SIGKILL)
         time.sleep(0.05)
+    process.communicate()
 
 
 def signal_all(procs, sig: int) -> None:
@@ -174,7 +192,7 @@ def test_controller_killed_at_ten_points_resumes_and_runs_every_agent_once(clust
             try:
                 process.communicate(timeout=delay)
             except subprocess.TimeoutExpired:
-                kill_controller(process)
+                kill_controller(process, str(site.vars))
                 kills += 1
                 moments.append((round(delay, 1), sum(site.ran("killed").values())))
                 continue
