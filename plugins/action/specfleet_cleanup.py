@@ -12,45 +12,38 @@ import json
 import sys
 from pathlib import Path
 
-from ansible.plugins.action import ActionBase
-
 _CORE = str(Path(__file__).resolve().parents[1] / "module_utils")
 if _CORE not in sys.path:
     sys.path.insert(0, _CORE)
 
-from specfleet import cleanup, controller, jobs  # noqa: E402
+from specfleet_action import DB_OPTION, ControllerAction  # noqa: E402
+
+from specfleet import cleanup, jobs  # noqa: E402
 from specfleet.durations import parse_duration  # noqa: E402
 from specfleet.store import Store, StoreError  # noqa: E402
 
-ARGUMENT_SPEC = {
-    "project": {"type": "str", "required": True},
-    "root": {"type": "str", "required": True},
-    "older_than": {"type": "str", "default": "7d"},
-    "db": {"type": "path"},
-}
 
+class ActionModule(ControllerAction):
+    _requires_connection = True
+    ERRORS = (StoreError, jobs.JobError)
+    ARGUMENT_SPEC = {
+        "project": {"type": "str", "required": True},
+        "root": {"type": "str", "required": True},
+        "older_than": {"type": "str", "default": "7d"},
+        **DB_OPTION,
+    }
 
-class ActionModule(ActionBase):
-    TRANSFERS_FILES = False
-    _VALID_ARGS = frozenset(ARGUMENT_SPEC)
-
-    def run(self, tmp=None, task_vars=None):
-        result = super().run(tmp, task_vars)
-        _spec, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
+    def act(self, result, args, task_vars, db):
         try:
             age = parse_duration(args["older_than"], maximum=None, allow_zero=True)
         except ValueError as exc:
             return dict(result, failed=True, msg=f"older_than: {exc}")
-        db = str(controller.resolve_db(args["db"] or (task_vars or {}).get("specfleet_db")))
-        try:
-            listing = self._shell(cleanup.list_script(args["root"], args["project"]))
-            if listing["rc"] != 0:
-                return dict(result, failed=True, msg=f"could not list {args['root']}: {listing['stderr'].strip()[-300:]}")
-            entries, node_now = cleanup.parse_listing(listing["stdout"], args["project"])
-            with Store(db) as store:
-                removable, kept = self._decide(store, args, entries, node_now, age)
-        except (StoreError, jobs.JobError) as exc:
-            return dict(result, failed=True, msg=f"state store {db}: {exc}")
+        listing = self._shell(cleanup.list_script(args["root"], args["project"]))
+        if listing["rc"] != 0:
+            return dict(result, failed=True, msg=f"could not list {args['root']}: {listing['stderr'].strip()[-300:]}")
+        entries, node_now = cleanup.parse_listing(listing["stdout"], args["project"])
+        with Store(db) as store:
+            removable, kept = self._decide(store, args, entries, node_now, age)
         paths = []
         for entry in removable:
             number, run = entry.attempt
@@ -64,9 +57,6 @@ class ActionModule(ActionBase):
                 return dict(result, failed=True, msg=f"could not delete: {gone['stderr'].strip()[-300:]}")
         verb = "would remove" if self._task.check_mode else "removed"
         return dict(result, msg=f"{verb} {len(removable)} finished attempts, kept {len(kept)}")
-
-    def _shell(self, script: str) -> dict:
-        return self._low_level_execute_command(script.rstrip("\n"), sudoable=False)
 
     def _decide(self, store: Store, args: dict, entries: dict, node_now: float, age: float):
         project = args["project"]

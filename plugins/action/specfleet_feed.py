@@ -45,5 +45,5 @@ class ActionModule(ControllerAction):
             parent = multiprocessing.parent_process()
             owner = parent.pid if parent is not None and parent.pid else os.getppid()
             result["run_id"] = controller.open_dispatch(db, args["project"], owner_pid=owner)
-        result["runnable"] = controller.plan(db, args["project"])
+        result["runnable"] = controller.plan(db, args["project"], reclaim=not args["open_run"])
         return result

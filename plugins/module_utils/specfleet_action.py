@@ -1,11 +1,13 @@
 # Copyright: specfleet contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The base of specfleet's controller-side action plugins (validate, feed, report, stop).
+"""The base of specfleet's action plugins that use the state store (validate, feed, report,
+stop, rescue; harvest and cleanup, which also talk to a node).
 
 Kept outside the ``specfleet`` package, which must stay free of Ansible imports. It does
 what every one of them needs: check the arguments against ``ARGUMENT_SPEC``, resolve the
-state database (argument ``db``, then ``specfleet_db``, then the default) and turn a
-:class:`~specfleet.store.StoreError` into a failed result naming the database.
+state database (argument ``db``, then ``specfleet_db``, then the default) and turn one of
+``ERRORS`` (a :class:`~specfleet.store.StoreError` by default) into a failed result naming
+the database. Plugins that run commands on a node set ``_requires_connection = True``.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ class ControllerAction(ActionBase):
     TRANSFERS_FILES = False
     _requires_connection = False
     ARGUMENT_SPEC: dict[str, dict[str, Any]] = {}
+    ERRORS: tuple[type[Exception], ...] = (StoreError,)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -35,8 +38,13 @@ class ControllerAction(ActionBase):
         db = str(controller.resolve_db(args.get("db") or task_vars.get("specfleet_db")))
         try:
             return self.act(result, args, task_vars, db)
-        except StoreError as exc:
+        except self.ERRORS as exc:
             return dict(result, failed=True, msg=f"state store {db}: {exc}")
 
     def act(self, result: dict, args: dict, task_vars: dict, db: str) -> dict:
         raise NotImplementedError
+
+    def _shell(self, script: str) -> dict:
+        """Run ``script`` on the task's node (plugins with ``_requires_connection``)."""
+        # Ansible may append " && sleep 0" to the command: no trailing newline before it.
+        return self._low_level_execute_command(script.rstrip("\n"), sudoable=False)

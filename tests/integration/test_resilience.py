@@ -103,10 +103,20 @@ class Site:
         return {r["task_id"]: r["state"] for r in self.db().execute("SELECT task_id, state FROM specs WHERE project = ?",
                                                                      (project,))}
 
+    def ledger_lines(self) -> list[dict]:
+        """One record per agent started on a node (written there by the fake agent)."""
+        return [json.loads(line) for line in self.ledger.read_text().splitlines()] if self.ledger.exists() else []
+
     def ran(self, project: str) -> Counter:
         """How many agents ran per (task, attempt, run), from the node-side ledger."""
-        lines = [json.loads(line) for line in self.ledger.read_text().splitlines()] if self.ledger.exists() else []
-        return Counter((r["task"], r["attempt"], r["run"]) for r in lines if r["project"] == project)
+        return Counter((r["task"], r["attempt"], r["run"]) for r in self.ledger_lines() if r["project"] == project)
+
+    def wait_for_agent_on(self, node: str, process: subprocess.Popen, timeout: float = 120) -> None:
+        """Block until an agent has started on ``node`` (``process`` must keep running meanwhile)."""
+        deadline = time.monotonic() + timeout
+        while not any(f"/{node}/" in r["workspace"] for r in self.ledger_lines()):
+            assert time.monotonic() < deadline and process.poll() is None, f"no agent started on {node}"
+            time.sleep(0.1)
 
     def events(self, kind: str) -> list[dict]:
         return [dict(r, detail=json.loads(r["detail_json"]))
@@ -174,10 +184,6 @@ def signal_all(procs, sig: int) -> None:
             pass
 
 
-def ledger_lines(site: Site) -> list[dict]:
-    return [json.loads(line) for line in site.ledger.read_text().splitlines()]
-
-
 def test_controller_killed_at_ten_points_resumes_and_runs_every_agent_once(cluster, tmp_path):
     rng = random.Random(SEED)
     site = Site(cluster, tmp_path)
@@ -222,7 +228,6 @@ def test_controller_killed_at_ten_points_resumes_and_runs_every_agent_once(clust
     assert 1 <= len(lost) <= kills and all("owner process is gone" in e["detail"]["why"] for e in lost)
     adopted = site.events("attempt_adopted")
     assert adopted and all(e["detail"]["adopted_from"] != e["run_id"] for e in adopted)
-    assert "adopting the job run" in output or any(e["run_id"] != adopted[-1]["run_id"] for e in adopted)
 
 
 def test_a_node_cut_off_mid_run_and_back_is_quarantined_harvested_and_readmitted(cluster, tmp_path):
@@ -233,10 +238,7 @@ def test_a_node_cut_off_mid_run_and_back_is_quarantined_harvested_and_readmitted
     node = cluster.node("node-3")
     process = site.start("cut")
     try:
-        deadline = time.monotonic() + 120
-        while not [r for r in ledger_lines(site) if "node-3" in r["workspace"]] if site.ledger.exists() else True:
-            assert time.monotonic() < deadline and process.poll() is None, "no agent started on node-3"
-            time.sleep(0.1)
+        site.wait_for_agent_on("node-3", process)
         assert node.stop() == set()  # listener and every session: the node is gone for the controller
         first = process.communicate(timeout=300)[0]
     finally:
@@ -276,10 +278,7 @@ def test_a_hung_node_is_quarantined_like_a_dead_one(cluster, tmp_path):
     process = site.start("hung")
     stopped = []
     try:
-        deadline = time.monotonic() + 120
-        while not [r for r in ledger_lines(site) if "node-2" in r["workspace"]] if site.ledger.exists() else True:
-            assert time.monotonic() < deadline and process.poll() is None, "no agent started on node-2"
-            time.sleep(0.1)
+        site.wait_for_agent_on("node-2", process)
         stopped = sorted(node.processes(), key=lambda p: p.pid)  # sshd listener and sessions: not the jobs
         signal_all(stopped, signal.SIGSTOP)
         output = process.communicate(timeout=300)[0]

@@ -35,7 +35,7 @@ def test_the_listing_reports_each_attempt_with_its_job_state_and_ignores_strange
     assert now > 0
     summary = {key: (e.job, e.run_dir, e.workspace) for key, e in entries.items()}
     assert summary == {("S1", "1-run-a"): ("finished", True, True), ("S2", "1-run-a"): ("lost", True, True),
-                       ("S3", "2-run-b"): ("running", True, True), ("S4", "1-run-c"): ("never", True, True),
+                       ("S3", "2-run-b"): ("running", True, True), ("S4", "1-run-c"): ("missing", True, True),
                        ("S5", "1-run-d"): ("none", False, True)}
     assert entries[("S1", "1-run-a")].ended == 1000.0 and entries[("S3", "2-run-b")].attempt == (2, "run-b")
 

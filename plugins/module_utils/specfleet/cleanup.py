@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from .jobs import _project_path, component, shell_path
+from .jobs import JOB_STATE, _project_path, component, shell_path
 from .project import RepositoryError, run_git
 
 NAME = re.compile(r"^(\d+)-(.+)$")
@@ -36,12 +36,8 @@ LISTER = """\
 cd {root} 2>/dev/null || {{ echo NOW=$(date +%s); exit 0; }}
 for d in runs/{project}/*/*; do
     [ -d "$d" ] || continue
-    if [ -e "$d/exit_code" ]; then s=finished
-    elif [ -e "$d/wrapper_pid" ]; then
-        if kill -0 "$(cat "$d/wrapper_pid")" 2>/dev/null; then s=running; else s=lost; fi
-    else s=never; fi
     t=$(cat "$d/ended_at" 2>/dev/null || stat -c %Y "$d")
-    printf 'R\\t%s\\t%s\\t%s\\n' "$s" "${{t%%.*}}" "$d"
+    printf 'R\\t%s\\t%s\\t%s\\n' "$(job_state "$d")" "${{t%%.*}}" "$d"
 done
 for d in workspaces/{project}/*/*; do
     [ -d "$d" ] && printf 'W\\t-\\t%s\\t%s\\n' "$(stat -c %Y "$d")" "$d"
@@ -56,7 +52,7 @@ class Entry:
 
     task_id: str
     name: str                 # "<attempt>-<run id>"
-    job: str = "none"         # finished, running, lost, never; none: no run directory
+    job: str = "none"         # finished, running, lost, missing (see jobs.JOB_STATE); none: no run directory
     ended: float = 0.0        # node clock
     run_dir: bool = False
     workspace: bool = False
@@ -69,7 +65,8 @@ class Entry:
 
 def list_script(root: str, project: str) -> str:
     """One command listing the project's attempt directories under ``root`` and the node's clock."""
-    return LISTER.format(root=shell_path(root), project="/".join(shlex.quote(p) for p in _project_path(project)))
+    return JOB_STATE + LISTER.format(root=shell_path(root),
+                                     project="/".join(shlex.quote(p) for p in _project_path(project)))
 
 
 def parse_listing(stdout: str, project: str) -> tuple[dict[tuple[str, str], Entry], float]:

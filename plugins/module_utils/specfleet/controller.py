@@ -81,14 +81,16 @@ def new_run_id() -> str:
     return LeaseBook.new_run_id()
 
 
-def plan(db: str | None, project: str, ttl: float = 90.0) -> list[dict[str, Any]]:
+def plan(db: str | None, project: str, ttl: float = 90.0, reclaim: bool = True) -> list[dict[str, Any]]:
     """The specs a new dispatch run takes on: every queued spec, in dispatch order.
 
-    Leases of dead runs are reclaimed first, so specs they held are queued again and
-    included (their jobs are adopted, not started twice).
+    With ``reclaim`` (not needed right after :func:`open_dispatch`, which did it) leases of
+    dead runs are reclaimed first, so specs they held are queued again and included
+    (their jobs are adopted, not started twice).
     """
     with Store(resolve_db(db)) as store:
-        LeaseBook(store, ttl=ttl).expire()
+        if reclaim:
+            LeaseBook(store, ttl=ttl).expire()
         rows = store.specs(project, states=[SpecState.QUEUED])
     return [{"task_id": r.task_id, "priority": r.priority, "executor": r.executor, "depends_on": r.depends_on,
              "modifies": r.modifies, "timeout_s": r.timeout_s, "estimate_s": r.estimate_s, "verify": r.verify,

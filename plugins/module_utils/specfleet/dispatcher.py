@@ -101,7 +101,6 @@ class Dispatcher:
         reached: ``specfleet_harvest``).
         """
         self.book.open_run(self.project, owner_pid=owner_pid)
-        self.book.attach_run()
         self._opened = True
         self.book.sync_nodes(self.nodes)
         for node, reason in sorted((unreachable_nodes or {}).items()):

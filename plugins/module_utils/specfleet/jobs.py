@@ -126,6 +126,14 @@ echo $rc > exit_code.tmp && mv exit_code.tmp exit_code
 """
 
 
+# A shell function: the state of the job in run directory $1, from its files alone.
+JOB_STATE = (
+    'job_state() { if [ -e "$1/exit_code" ]; then echo finished; '
+    'elif [ -e "$1/wrapper_pid" ]; then if kill -0 "$(cat "$1/wrapper_pid")" 2>/dev/null; '
+    'then echo running; else echo lost; fi; else echo missing; fi; }\n'
+)
+
+
 def launch_script(run: str, workdir: str, command: str, env: dict[str, str], timeout_s: int,
                   on_exit: str = "") -> str:
     """Start the job unless this run directory already has one; print STARTED or ATTACHED.

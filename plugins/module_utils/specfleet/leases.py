@@ -127,7 +127,8 @@ class LeaseBook:
 
     def open_run(self, project: str | None, kind: str = "dispatch", owner_pid: int | None = None,
                  exclusive: bool = True) -> str:
-        """Register this run, owned by process ``owner_pid`` (default: this process).
+        """Register this run, owned by process ``owner_pid`` (default: this process), or take
+        over the live row of the same id.
 
         An ``exclusive`` dispatch run refuses (:class:`RunConflict`) while another live
         dispatch run works on the same project; dead runs are reclaimed first, so a crashed
@@ -148,24 +149,17 @@ class LeaseBook:
                         f"project {project} is already being dispatched by run {live['id']} (owner {live['owner']},"
                         f" last heartbeat {max(0.0, stamp - live['heartbeat_at']):.0f} s ago); wait for it to end or"
                         f" stop it with: ansible-playbook playbooks/stop.yml -e project={project}")
-            if db.execute("SELECT 1 FROM runs WHERE id = ?", (self.run_id,)).fetchone():
-                db.execute("UPDATE runs SET heartbeat_at = ? WHERE id = ? AND ended_at IS NULL", (stamp, self.run_id))
+            mine = db.execute("SELECT ended_at, status FROM runs WHERE id = ?", (self.run_id,)).fetchone()
+            if mine is not None:  # opened earlier in the same play (the feed): take it over if it lives
+                if mine["ended_at"] is not None:
+                    raise RunConflict(f"run {self.run_id} already ended ({mine['status']}); start dispatch again")
+                db.execute("UPDATE runs SET heartbeat_at = ? WHERE id = ?", (stamp, self.run_id))
                 return self.run_id
             db.execute("INSERT INTO runs (id, project, kind, owner, started_at, heartbeat_at, owner_host, owner_pid,"
                        " owner_started) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                        (self.run_id, project, kind, f"{host}:{pid}", stamp, stamp, host, pid, process_started(pid)))
             _event(db, "run_started", project, run_id=self.run_id, detail={"kind": kind, "owner": f"{host}:{pid}"})
         return self.run_id
-
-    def attach_run(self) -> None:
-        """Take over the run row a previous step of this play opened (the feed); it must be live."""
-        with self.store.transaction() as db:
-            row = db.execute("SELECT ended_at, status FROM runs WHERE id = ?", (self.run_id,)).fetchone()
-            if row is None:
-                raise RunConflict(f"run {self.run_id} was never opened")
-            if row["ended_at"] is not None:
-                raise RunConflict(f"run {self.run_id} already ended ({row['status']}); start dispatch again")
-            db.execute("UPDATE runs SET heartbeat_at = ? WHERE id = ?", (now(), self.run_id))
 
     def close_run(self, status: str) -> None:
         """End this run. Specs it still holds go back to the queue; their jobs become leftovers."""
