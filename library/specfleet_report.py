@@ -26,6 +26,13 @@ options:
     type: list
     elements: str
     default: []
+  done:
+    description:
+      - The state every spec must reach for the run to count as complete.
+      - C(merged); C(completed) for plain jobs, which have no branch.
+    type: str
+    choices: [merged, completed]
+    default: merged
   db:
     description: As for M(specfleet_feed).
     type: path

@@ -486,9 +486,14 @@ class SshdNode(Node):
     def pid_path(self) -> Path:
         return self.node_dir / "sshd.pid"
 
+    @property
+    def home(self) -> Path:
+        return self.node_dir / "home"
+
     def prepare(self) -> None:
         """Create dirs, host key (kept across restarts, so known_hosts stays valid) and authorized_keys."""
         self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.home.mkdir(mode=0o700, exist_ok=True)
         _keygen(self.host_key, f"specfleet-{self.spec.name}")
         self.authorized_keys.write_text(self.client_pubkey.read_text())
         self.authorized_keys.chmod(0o600)
@@ -513,6 +518,11 @@ class SshdNode(Node):
             f"StrictModes {'yes' if strict else 'no'}",
             f"MaxStartups {MAX_STARTUPS}",
             f"MaxSessions {MAX_SESSIONS}",
+            # Each node is its own machine, with its own HOME: logins must not run the rc files
+            # of the controller's user. A login shell that runs e.g. `pyenv init` takes a lock
+            # shared by every session of that user; one stopped or killed session (the fault
+            # tests do both) then stalls every later login, on every node, for 60 s.
+            f"SetEnv HOME={self.home}",
             "LoginGraceTime 30",
             "UseDNS no",
             "PrintMotd no",

@@ -20,11 +20,12 @@ class ActionModule(ControllerAction):
         "project": {"type": "str", "required": True},
         "run_id": {"type": "str"},
         "task_ids": {"type": "list", "elements": "str", "default": []},
+        "done": {"type": "str", "default": "merged", "choices": ["merged", "completed"]},
         **DB_OPTION,
     }
 
     def act(self, result, args, task_vars, db):
-        report = controller.run_report(db, args["project"], args["run_id"], args["task_ids"])
+        report = controller.run_report(db, args["project"], args["run_id"], args["task_ids"], args["done"])
         if args["run_id"]:  # already closed by the dispatch play, unless it had no spec to run
             controller.close_run(db, args["run_id"], "ok" if report["complete"] else "failed")
         result.update(summary=report["summary"], by_state=report["by_state"], attempts=report["attempts"],

@@ -48,3 +48,20 @@ class ControllerAction(ActionBase):
         """Run ``script`` on the task's node (plugins with ``_requires_connection``)."""
         # Ansible may append " && sleep 0" to the command: no trailing newline before it.
         return self._low_level_execute_command(script.rstrip("\n"), sudoable=False)
+
+
+class LandingAction(ControllerAction):
+    """Base of the verify, merge and review actions: the project's settings and repository."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        from specfleet.landing import LandingError
+        from specfleet.workspace import GitError
+        cls.ERRORS = (StoreError, LandingError, GitError)
+
+    def project_config(self, args: dict, task_vars: dict):
+        from specfleet.attempt import AttemptError, load_config
+        try:
+            return load_config(args["project"], args.get("specs_root") or task_vars.get("specfleet_specs_root"))
+        except AttemptError as exc:
+            raise StoreError(f"project {args['project']}: {exc}") from exc

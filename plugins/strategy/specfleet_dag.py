@@ -57,6 +57,7 @@ author: specfleet contributors
 
 display = Display()
 NODE_GROUP = "specfleet_nodes"
+COLLECT_ACTIONS = ("specfleet_attempt", "ansible.legacy.specfleet_attempt")
 IDLE_SLEEP = 0.05  # extra pause of a pass in which nothing happened (no result, no start)
 
 
@@ -100,8 +101,10 @@ class StrategyModule(FreeStrategy):
         nodes, unreachable = self._nodes()
         task_ids = {h.vars["specfleet_task_id"]: h for h in hosts.values()}
         self._by_task = task_ids
+        first_vars = self._variable_manager.get_vars(play=self._iterator._play, host=first)
+        plain = bool(first_vars.get("specfleet_job_command"))  # plain jobs: no branch to merge
         engine = policy.Dispatcher(Store(fixed["specfleet_db"]), fixed["specfleet_project"], task_ids, nodes,
-                                   run_id=fixed["specfleet_run_id"])
+                                   run_id=fixed["specfleet_run_id"], merge=not plain)
         try:
             engine.open(unreachable, owner_pid=os.getpid())
         except StoreError as exc:
@@ -247,7 +250,9 @@ class StrategyModule(FreeStrategy):
         results = super()._process_pending_results(iterator, one_pass, max_passes)
         for result in results:
             data = result._return_data
-            if not isinstance(data, dict) or not (data.get("failed") or data.get("unreachable")):
+            if not isinstance(data, dict) or self._collected(result, data):
+                continue
+            if not (data.get("failed") or data.get("unreachable")):
                 continue
             name = result.host.name
             self._last_failure[name] = str(data.get("msg") or "failed").splitlines()[0][:300]
@@ -261,3 +266,14 @@ class StrategyModule(FreeStrategy):
             if data.get("specfleet_stalled"):
                 self._stalled.add(name)
         return results
+
+    def _collected(self, result, data: dict) -> bool:
+        """The spec's branch is back from its node: free the slot while it lands on the controller."""
+        task = result.task
+        if (task.action not in COLLECT_ACTIONS or task.args.get("state") != "collected" or data.get("failed")
+                or data.get("unreachable") or data.get("skipped")):
+            return False
+        task_id = result.host.vars.get("specfleet_task_id") or result.host.name
+        if task_id in self._dispatcher.running:
+            self._dispatcher.collected(task_id)
+        return True

@@ -44,7 +44,7 @@ def test_dispatch_replays_the_example_end_to_end_and_brings_back_every_branch(fl
     # the verify commands and gates run for real on the nodes.
     run = fleet.playbook("dispatch.yml", "-e", "project=clawmarketing", "-e", "specfleet_executor=replay", timeout=600)
     assert run.returncode == 0, run.output[-4000:]
-    assert "clawmarketing: 8 specs in this run: 8 completed" in run.output
+    assert "clawmarketing: 8 specs in this run: 8 merged" in run.output
     repo = fleet.home / "repos" / "clawmarketing"
     db = sqlite3.connect(fleet.db)
     rows = db.execute("SELECT task_id, executor, commit_sha, branch FROM attempts WHERE project = 'clawmarketing'"
@@ -53,10 +53,23 @@ def test_dispatch_replays_the_example_end_to_end_and_brings_back_every_branch(fl
     for task_id, _executor, commit, branch in rows:
         tip = subprocess.run(["git", "-C", str(repo), "rev-parse", branch], capture_output=True, text=True).stdout
         assert tip.strip() == commit, task_id
-    # S08 started from S03 and S04 merged: its branch holds both.
+    # S08 started from the integration tip once S03 and S04 were merged: its branch holds both.
     tree = subprocess.run(["git", "-C", str(repo), "show", "specfleet/clawmarketing/S08-test-integration:"
                            "backend/routers/posts.py"], capture_output=True, text=True).stdout
     assert "def schedule_posts" in tree and "PermissionError" in tree
+    # Every branch landed on integration through the merge queue, each batch tested with the
+    # project's test command; the base branch waits for a person's review.
+    git = ["git", "-C", str(repo)]
+    integration = subprocess.run([*git, "rev-parse", "specfleet/clawmarketing/integration"], capture_output=True,
+                                 text=True).stdout.strip()
+    for _task_id, _executor, commit, _branch in rows:
+        assert subprocess.run([*git, "merge-base", "--is-ancestor", commit, integration]).returncode == 0
+    batches = db.execute("SELECT status, test_runs, tip_commit FROM batches ORDER BY id").fetchall()
+    assert {b[0] for b in batches} == {"landed"} and batches[-1][2] == integration
+    assert all(b[1] >= 1 for b in batches)
+    main = subprocess.run([*git, "rev-parse", "main"], capture_output=True, text=True).stdout.strip()
+    assert main != integration and subprocess.run([*git, "merge-base", "--is-ancestor", main, integration]).returncode == 0
+    assert subprocess.run([*git, "status", "--porcelain"], capture_output=True, text=True).stdout == ""
 
 
 def test_dispatch_runs_the_example_in_order_then_has_nothing_left(fleet):

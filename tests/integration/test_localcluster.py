@@ -205,6 +205,22 @@ def test_known_hosts_holds_the_served_keys(cluster: LocalCluster) -> None:
     assert all(st.up for st in cluster.status())
 
 
+def test_each_node_logs_in_with_its_own_home_and_none_of_the_users_rc_files(cluster: LocalCluster) -> None:
+    # The controller user's ~/.bashrc may run e.g. `pyenv init`, whose lock is shared by all of
+    # that user's sessions: a stopped session on one node must not stall logins on the others.
+    for spec in cluster.nodes:
+        home = cluster.root / "nodes" / spec.name / "home"
+        (home / ".bashrc").write_text("echo rc-ran-here\n")  # a node's own rc file is its business
+        out = subprocess.run(
+            ["ssh", "-F", "/dev/null", "-i", str(cluster.client_key), "-p", str(spec.port), "-o", "BatchMode=yes",
+             "-o", f"UserKnownHostsFile={cluster.known_hosts}", "-o", "ControlPath=none",
+             f"{cluster.user.pw_name}@{spec.address}", 'echo "HOME=$HOME"; command -v pyenv || echo no-pyenv'],
+            capture_output=True, text=True, timeout=30)
+        (home / ".bashrc").unlink()
+        lines = out.stdout.splitlines()
+        assert f"HOME={home}" in lines and "no-pyenv" in lines, out.stdout + out.stderr
+
+
 # ---------------------------------------------------------------- teardown
 
 

@@ -215,7 +215,7 @@ def test_bernstein_3254_a_failed_gate_never_lets_a_branch_through(runs):
 
 def test_a_passing_spec_lands_on_its_branch_with_every_gate_passed(runs):
     site, outputs = runs
-    assert site.specs_of("gates")["g-ok"]["state"] == "completed", outputs["gates"][-3000:]
+    assert site.specs_of("gates")["g-ok"]["state"] == "merged", outputs["gates"][-3000:]
     repo = site.repos["gates"]
     branch = "specfleet/gates/g-ok"
     files = git(repo, "ls-tree", "-r", "--name-only", branch).split()
@@ -232,7 +232,7 @@ def test_a_passing_spec_lands_on_its_branch_with_every_gate_passed(runs):
 
 def test_feedback_loop_fixes_a_failing_verify_on_round_two(runs):
     site, _outputs = runs
-    assert site.specs_of("gates")["f-loop"]["state"] == "completed"
+    assert site.specs_of("gates")["f-loop"]["state"] == "merged"
     status = site.status("gates", "f-loop")
     assert [r["ok"] for r in status["rounds"]] == [False, True]
     assert status["rounds"][0]["verify_exit"] != 0
@@ -244,7 +244,7 @@ def test_feedback_loop_fixes_a_failing_verify_on_round_two(runs):
 
 def test_rate_limit_moves_to_the_fallback_and_the_status_says_which_ran(runs):
     site, _outputs = runs
-    assert site.specs_of("gates")["r-limit"]["state"] == "completed"
+    assert site.specs_of("gates")["r-limit"]["state"] == "merged"
     status = site.status("gates", "r-limit")
     tries = status["rounds"][0]["tries"]
     assert [(t["executor"], t["rate_limited"]) for t in tries] == [("claude", True), ("codex", False)]
@@ -265,15 +265,24 @@ def test_a_hung_agent_is_killed_with_its_process_group_and_the_status_is_final(r
 def test_a_dependent_spec_starts_from_its_dependencys_work(runs):
     site, _outputs = runs
     rows = site.specs_of("gates")
-    assert rows["d-base"]["state"] == rows["d-dep"]["state"] == "completed"
+    assert rows["d-base"]["state"] == rows["d-dep"]["state"] == "merged"
+    # d-dep started after d-base was merged, from the integration tip that holds it.
     status = site.status("gates", "d-dep")
-    assert status["merged_dependencies"] == ["d-base"]
-    assert "from d-base" in git(site.repos["gates"], "show", "specfleet/gates/d-dep:feature/base.py")
+    assert status["merged_dependencies"] == []
+    repo = site.repos["gates"]
+    base_commit = site.attempts("gates", "d-base")[-1]["commit_sha"]
+    assert subprocess.run(["git", "-C", str(repo), "merge-base", "--is-ancestor", base_commit,
+                           "specfleet/gates/d-dep"]).returncode == 0
+    assert "from d-base" in git(repo, "show", "specfleet/gates/d-dep:feature/base.py")
+    merged = {e["task_id"]: e["ts"] for e in map(dict, site.db().execute(
+        "SELECT task_id, ts FROM events WHERE project = 'gates' AND to_state = 'merged'"))}
+    first_attempt = site.attempts("gates", "d-dep")[0]["started_at"]
+    assert merged["d-base"] <= first_attempt
 
 
 def test_the_same_task_id_in_two_projects_never_collides(runs):
     site, outputs = runs
-    assert site.specs_of("twin")["g-ok"]["state"] == "completed", outputs["twin"][-3000:]
+    assert site.specs_of("twin")["g-ok"]["state"] == "merged", outputs["twin"][-3000:]
     twin = git(site.repos["twin"], "ls-tree", "-r", "--name-only", "specfleet/twin/g-ok").split()
     gates = git(site.repos["gates"], "ls-tree", "-r", "--name-only", "specfleet/gates/g-ok").split()
     assert "feature/twin.py" in twin and "feature/double.py" not in twin
@@ -294,17 +303,19 @@ def test_a_branch_that_cannot_be_brought_back_is_not_done(runs):
 
 def test_remote_transport_fetches_and_pushes_from_the_nodes(runs):
     site, outputs = runs
-    assert site.specs_of("remote")["m-one"]["state"] == "completed", outputs["remote"][-3000:]
+    assert site.specs_of("remote")["m-one"]["state"] == "merged", outputs["remote"][-3000:]
     status = site.status("remote", "m-one")
     assert status.get("pushed") is True and "bundle" not in status
     assert git(site.repos["remote"], "rev-parse", "specfleet/remote/m-one").strip() == status["commit"]
     assert "M = 1" in git(site.repos["remote"], "show", "specfleet/remote/m-one:feature/m.py")
+    # The merge queue worked in a mirror of the URL and pushed the integration branch there.
+    assert "M = 1" in git(site.repos["remote"], "show", "specfleet/remote/integration:feature/m.py")
 
 
 def test_the_api_key_never_reaches_logs_status_store_or_artifacts(runs):
     site, outputs = runs
     # The fake agent printed the key it was given (and checked it was the right one).
-    assert site.specs_of("gates")["g-ok"]["state"] == "completed"
+    assert site.specs_of("gates")["g-ok"]["state"] == "merged"
     agent_log = next(Path(site.attempts("gates", "g-ok")[-1]["artifacts"]).glob("round-1.agent.*.log")).read_text()
     assert "ANTHROPIC_API_KEY=***" in agent_log
     for name, output in outputs.items():

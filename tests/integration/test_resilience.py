@@ -208,7 +208,7 @@ def test_controller_killed_at_ten_points_resumes_and_runs_every_agent_once(clust
     print(f"fault seed {SEED}: {runs} runs, {kills} kills at (seconds, agents so far) {moments}")
     assert kills == 10, output[-3000:]
     assert process.returncode == 0, output[-4000:]
-    assert site.states("killed") == {t: "completed" for t in specs}
+    assert site.states("killed") == {t: "merged" for t in specs}
     # Node-side evidence: exactly one agent per spec, and it is the attempt that succeeded.
     # (An attempt whose job the killed controller never launched is settled as missing and
     # the spec gets a new attempt: its number grows, but no agent ran for the old one.)
@@ -245,7 +245,7 @@ def test_a_node_cut_off_mid_run_and_back_is_quarantined_harvested_and_readmitted
         node.start()
         node.wait_ready(time.monotonic() + 30)
     assert process.returncode == 0, first[-4000:]
-    assert site.states("cut") == {t: "completed" for t in specs}
+    assert site.states("cut") == {t: "merged" for t in specs}
     db = site.db()
     cut = {r["task_id"] for r in db.execute("SELECT task_id FROM attempts WHERE node = 'node-3' AND kind = 'infra'")}
     assert cut and site.events("node_quarantined")
@@ -285,7 +285,7 @@ def test_a_hung_node_is_quarantined_like_a_dead_one(cluster, tmp_path):
     finally:
         signal_all(stopped, signal.SIGCONT)
     assert process.returncode == 0, output[-4000:]
-    assert site.states("hung") == {t: "completed" for t in specs}
+    assert site.states("hung") == {t: "merged" for t in specs}
     quarantined = [e["detail"] for e in site.events("node_quarantined")]
     assert any(q["node"] == "node-2" for q in quarantined), quarantined
     assert set(site.ran("hung").values()) == {1}
@@ -303,7 +303,7 @@ def test_gas_town_3584_a_stopped_heartbeat_is_read_and_the_wedged_run_killed_and
                   "W1": [{"write": {"pkg/w1.py": "A = 2\n"}}], "W2": [{"write": {"pkg/w2.py": "B = 1\n"}}]})
     code, output = site.run("wedge")
     assert code == 0, output[-4000:]
-    assert site.states("wedge") == {"W1": "completed", "W2": "completed"}
+    assert site.states("wedge") == {"W1": "merged", "W2": "merged"}
     db = site.db()
     first, second = db.execute("SELECT * FROM attempts WHERE task_id = 'W1' ORDER BY number").fetchall()
     assert first["kind"] == "infra" and "heartbeat stopped" in first["reason"]

@@ -33,6 +33,7 @@ def store_path(tmp_path):
 
 
 def engine(store, task_ids, nodes=NODES, **kwargs):
+    kwargs.setdefault("merge", False)  # scheduling alone: a completed dependency is enough
     run = Dispatcher(store, "demo", task_ids, nodes, clock=Clock(), **kwargs)
     run.open()
     return run
@@ -53,6 +54,48 @@ def test_a_chain_runs_in_order_and_the_run_ends(projects, store_path):
         run.close("ok")
         assert {r.task_id: r.state for r in store.specs("demo")} == {"A": SpecState.COMPLETED,
                                                                       "B": SpecState.COMPLETED}
+
+
+def test_a_collected_spec_frees_its_slot_keeps_its_locks_and_its_dependents_wait_for_the_merge(projects, store_path):
+    with Store(store_path) as store:
+        feed(projects, store, **{"A.md": spec_text("A", modifies=["src/a.py"]),
+                                 "B.md": spec_text("B", depends_on=["A"], modifies=["src/b.py"]),
+                                 "C.md": spec_text("C", modifies=["src/a.py"])})
+        run = engine(store, ["A", "B", "C"], nodes=[NodeInfo("n", 1)], merge=True)
+        assert [g.task_id for g in run.step().start] == ["A"]
+        run.collected("A")                              # branch back: the slot is free at once
+        assert store.spec("demo", "A").state is SpecState.COMPLETED
+        assert store.db.execute("SELECT COUNT(*) FROM slot_leases").fetchone()[0] == 0
+        step = run.step(force=True)
+        assert step.start == [] and not step.done       # B waits for A's merge, C for A's lock
+        store.transition("demo", "A", SpecState.VERIFIED)
+        store.transition("demo", "A", SpecState.MERGED)
+        ended = run.finish("A", policy.SUCCEEDED)
+        assert ended.outcome.state is SpecState.MERGED and not ended.requeued
+        assert store.db.execute("SELECT COUNT(*) FROM path_locks WHERE task_id = 'A'").fetchone()[0] == 0
+        assert [g.task_id for g in run.step().start] == ["B"]
+
+
+def test_a_spec_the_merge_stage_sent_back_runs_again_and_an_unlanded_dependency_drops_its_dependents(
+        projects, store_path):
+    with Store(store_path) as store:
+        feed(projects, store, **{"A.md": spec_text("A", retries=2, modifies=["src/a.py"]),
+                                 "B.md": spec_text("B", depends_on=["A"], modifies=["src/b.py"])})
+        run = engine(store, ["A", "B"], nodes=[NodeInfo("n", 2)], merge=True)
+        run.step()
+        run.collected("A")
+        store.transition("demo", "A", SpecState.VERIFIED)
+        store.transition("demo", "A", SpecState.CONFLICT, reason="merge conflict in src/a.py")
+        store.transition("demo", "A", SpecState.QUEUED, reason="merge conflict in src/a.py")
+        assert run.finish("A", policy.FAILED, "did not land").requeued
+        [again] = run.step().start
+        assert (again.task_id, again.attempt) == ("A", 2)
+        run.collected("A")
+        store.transition("demo", "A", SpecState.VERIFIED)
+        store.transition("demo", "A", SpecState.IN_REVIEW)  # waits for a person: nothing in this run merges it
+        assert not run.finish("A", policy.FAILED, "review required").requeued
+        step = run.step(force=True)
+        assert "dependency A is in_review, not merged" in step.dropped["B"] and step.done
 
 
 def test_unreachable_quarantines_the_node_and_requeues_without_an_attempt(projects, store_path):

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from specfleet.fleet import NodeInfo, choose_node, ready_and_doomed
+from specfleet.fleet import DEPENDENCY_COMPLETED, NodeInfo, choose_node, ready_and_doomed
 from specfleet.leases import LeaseBook, RunConflict
 from specfleet.paths import paths_overlap
 from specfleet.states import SpecState
@@ -255,7 +255,10 @@ def test_ready_and_doomed():
     S = SpecState
     states = {"a": S.COMPLETED, "b": S.QUEUED, "c": S.QUEUED, "d": S.FAILED, "e": S.QUEUED, "f": S.RUNNING}
     deps = {"b": ["a"], "c": ["f"], "e": ["d"]}
-    assert ready_and_doomed(states, deps) == (["b"], {"e": "dependency d failed"})
+    assert ready_and_doomed(states, deps, DEPENDENCY_COMPLETED) == (["b"], {"e": "dependency d failed"})
+    # By default a dependency must be merged: completed is not enough.
+    assert ready_and_doomed(states, deps) == ([], {"e": "dependency d failed"})
+    assert ready_and_doomed({**states, "a": S.MERGED}, deps) == (["b"], {"e": "dependency d failed"})
 
 
 # -- property: whatever happens, never over slots, never overlapping locks, never before deps --
@@ -286,7 +289,8 @@ def test_invariants_hold_under_random_runs(tmp_path_factory, scenario):
         running = []
         for _step in range(200):
             leases = rng.choice(runs)
-            running += [(leases, g) for g in leases.grant("demo", NODES, limit=rng.randint(1, 4)).granted]
+            running += [(leases, g) for g in leases.grant("demo", NODES, limit=rng.randint(1, 4),
+                                                          done=DEPENDENCY_COMPLETED).granted]
             check_invariants(store, running)
             if not running:
                 break

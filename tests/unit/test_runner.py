@@ -195,11 +195,20 @@ def test_bundle_sends_only_what_the_mirror_lacks(tmp_path, repo):
                                                 capture_output=True, text=True).stdout)[1] is True
 
 
-def test_missing_dependency_branch_is_named(repo):
-    with pytest.raises(workspace.GitError, match="dependencies without a collected branch: S00"):
+def test_a_dependency_not_merged_into_integration_is_named(repo):
+    with pytest.raises(workspace.GitError, match="dependencies not merged into main: S00"):
         workspace.resolve_start(str(repo), False, "p", "main", ["S00"])
     git(repo, "branch", "specfleet/p/integration")
     assert workspace.resolve_start(str(repo), False, "p", "main", []).base_ref == "refs/heads/specfleet/p/integration"
+    git(repo, "checkout", "-q", "-b", "specfleet/p/S00")
+    (repo / "dep.py").write_text("D = 1\n")
+    git(repo, "add", "dep.py")
+    git(repo, "commit", "-q", "-m", "S00")
+    with pytest.raises(workspace.GitError, match="not merged into specfleet/p/integration: S00"):
+        workspace.resolve_start(str(repo), False, "p", "main", ["S00"])
+    git(repo, "branch", "-f", "specfleet/p/integration", "specfleet/p/S00")
+    start = workspace.resolve_start(str(repo), False, "p", "main", ["S00"])
+    assert start.merge == [] and start.base == git(repo, "rev-parse", "specfleet/p/S00").strip()
 
 
 # -- a whole attempt on this machine: kill -9 mid-run, then the wrapper's finalize ----------

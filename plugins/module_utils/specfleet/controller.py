@@ -112,8 +112,12 @@ def close_run(db: str | None, run_id: str, status: str) -> None:
         LeaseBook(store, run_id).close_run(status)
 
 
-def run_report(db: str | None, project: str, run_id: str | None, task_ids: Iterable[str]) -> dict[str, Any]:
-    """Where the specs a dispatch run took on ended up, with reasons; ``complete`` if all completed."""
+def run_report(db: str | None, project: str, run_id: str | None, task_ids: Iterable[str],
+               done: str = SpecState.MERGED.value) -> dict[str, Any]:
+    """Where the specs a dispatch run took on ended up, with reasons; ``complete`` if all are ``done``.
+
+    ``done`` is ``merged`` (the branch landed on integration) or, for plain jobs, ``completed``.
+    """
     wanted = sorted(set(task_ids))
     with Store(resolve_db(db)) as store:
         rows = {r.task_id: r for r in store.specs(project)}
@@ -128,13 +132,13 @@ def run_report(db: str | None, project: str, run_id: str | None, task_ids: Itera
         row = rows.get(task_id)
         state = row.state.value if row else "missing"
         by_state.setdefault(state, []).append(task_id)
-        if state != SpecState.COMPLETED.value:
+        if state != done:
             why = f": {row.reason}" if row is not None and row.reason else ""
             lines.append(f"{task_id} {state}{why}")
     counts = ", ".join(f"{len(ids)} {state}" for state, ids in sorted(by_state.items()))
     summary = f"{project}: {len(wanted)} specs in this run: {counts or 'none'}"
     return {"summary": summary, "not_completed": lines, "by_state": by_state, "attempts": attempts,
-            "complete": all(s == SpecState.COMPLETED.value for s in by_state) if wanted else True}
+            "complete": all(s == done for s in by_state) if wanted else True}
 
 
 def request_stop(db: str | None, project: str, mode: str) -> dict[str, Any]:

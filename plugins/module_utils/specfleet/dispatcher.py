@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from .fleet import NodeInfo
+from .fleet import DEPENDENCY_COMPLETED, DEPENDENCY_MERGED, NodeInfo
 from .leases import Grant, LeaseBook, Outcome
 from .states import SpecState
 from .store import Store
@@ -42,6 +42,8 @@ UNREACHABLE = "unreachable"     # the node did not answer: not the spec's fault
 INFRASTRUCTURE = "infrastructure"  # the pipeline says its own machinery failed (not the spec)
 STALLED = "stalled"             # the job's heartbeat stopped; it was killed (not the node's fault)
 ENDINGS = (SUCCEEDED, FAILED, UNREACHABLE, INFRASTRUCTURE, STALLED)
+# States of a dependency that only a merge stage (or a person) moves on.
+AWAITS_LANDING = frozenset({SpecState.COMPLETED, SpecState.VERIFIED, SpecState.IN_REVIEW, SpecState.CONFLICT})
 
 
 @dataclass
@@ -68,7 +70,7 @@ class Dispatcher:
 
     def __init__(self, store: Store, project: str, task_ids: Iterable[str], nodes: Sequence[NodeInfo],
                  run_id: str | None = None, ttl: float = 90.0, poll: float = 0.5, infra_limit: int = 3,
-                 full_every: float = 5.0, clock: Callable[[], float] = time.monotonic):
+                 full_every: float = 5.0, clock: Callable[[], float] = time.monotonic, merge: bool = True):
         self.store = store
         self.project = project
         self.nodes = list(nodes)
@@ -77,6 +79,11 @@ class Dispatcher:
         self.clock = clock
         self.pending: set[str] = set(task_ids)
         self.running: dict[str, Grant] = {}
+        # Specs whose node part succeeded and which are being verified and merged on the
+        # controller: their slot is free, their path locks are kept until they land.
+        self.landing: dict[str, Grant] = {}
+        # Without a merge stage (plain jobs) a completed dependency lets dependents start.
+        self.done_states = DEPENDENCY_MERGED if merge else DEPENDENCY_COMPLETED
         self.stop: str | None = None
         self.infra_limit = infra_limit
         self.infra_streak: dict[str, int] = {}  # task id -> infrastructure endings in a row
@@ -127,7 +134,7 @@ class Dispatcher:
             if force or mark != self._mark or stamp >= self._full_due:
                 self._mark, self._full_due = mark, stamp + self.full_every
                 self._pass(step)
-        step.done = not self.pending and not self.running
+        step.done = not self.pending and not self.running and not self.landing
         return step
 
     def _pass(self, step: Step) -> None:
@@ -139,7 +146,7 @@ class Dispatcher:
             return
         if not self.pending:
             return
-        result = self.book.grant(self.project, self.nodes, only=self.pending)
+        result = self.book.grant(self.project, self.nodes, only=self.pending, done=self.done_states)
         for grant in result.granted:
             self.pending.discard(grant.task_id)
             self.running[grant.task_id] = grant
@@ -151,7 +158,9 @@ class Dispatcher:
 
         * settled meanwhile: blocked, cancelled, or done by another run;
         * no node of the inventory could ever run them (disabled, no slots, labels);
-        * orphans: they depend on a spec this run gave up on, so they would wait forever.
+        * orphans: they depend on a spec this run gave up on, so they would wait forever;
+        * they depend on a spec that is not merged and that this run is not landing (its
+          branch waits in review, or for ``merge.yml``): nothing in this run will merge it.
         """
         if not self.pending:
             return
@@ -170,6 +179,20 @@ class Dispatcher:
                                          if row["executor"] else "cannot run: no enabled node has slots")
                 self.abandoned.add(task_id)
         self.pending.difference_update(step.dropped)
+        deps = {t: json.loads(rows[t]["depends_on_json"]) for t in self.pending}
+        needed = sorted({d for ds in deps.values() for d in ds} - self.pending - set(self.running) - set(self.landing))
+        if needed:
+            marks = ",".join("?" * len(needed))
+            stuck = {r["task_id"]: r["state"] for r in self.store.db.execute(
+                f"SELECT task_id, state FROM specs WHERE project = ? AND task_id IN ({marks})", (self.project, *needed))
+                if SpecState(r["state"]) in AWAITS_LANDING and SpecState(r["state"]) not in self.done_states}
+            for task_id in sorted(self.pending):
+                waits = [d for d in deps[task_id] if d in stuck]
+                if waits:
+                    step.dropped[task_id] = (f"not started: dependency {waits[0]} is {stuck[waits[0]]}, not merged"
+                                             " (see playbooks/merge.yml and review.yml)")
+                    self.pending.discard(task_id)
+                    self.abandoned.add(task_id)
         changed = bool(self.abandoned)
         while changed:
             changed = False
@@ -183,11 +206,41 @@ class Dispatcher:
 
     # -- the end of one spec --------------------------------------------------------------
 
+    def collected(self, task_id: str) -> Outcome:
+        """The node part of ``task_id`` succeeded and its branch is back: free the slot now.
+
+        The spec is ``completed``; its path locks stay until :meth:`finish` reports the end
+        of its controller part (verify and merge).
+        """
+        grant = self.running.pop(task_id)
+        self._due = 0.0
+        self.book.node_healthy(grant.node)
+        self.infra_streak.pop(task_id, None)
+        outcome = self.book.finish(grant, True, keep_locks=True)
+        self.landing[task_id] = grant
+        return outcome
+
+    def _landed(self, task_id: str, reason: str | None) -> Ended:
+        """The controller part of a collected spec ended; the store says where it went."""
+        grant = self.landing.pop(task_id)
+        self._due = 0.0
+        self.book.release_locks(grant.project, task_id)
+        row = self.store.spec(self.project, task_id)
+        state = row.state if row else SpecState.CANCELLED
+        requeued = state is SpecState.QUEUED and not self.stop
+        if requeued:
+            self.pending.add(task_id)
+        return Ended(Outcome(state), requeued)
+
     def finish(self, task_id: str, ending: str, reason: str | None = None, leftover: bool | None = None) -> Ended:
         """Record how ``task_id``'s pipeline ended (one of :data:`ENDINGS`) and move it on.
 
         ``leftover``: the job may still be alive on the node (default: when it was unreachable).
+        For a spec already :meth:`collected`, the end of its verify and merge steps: the
+        state those steps left (merged; queued again with feedback; failed) is kept.
         """
+        if task_id in self.landing:
+            return self._landed(task_id, reason)
         if leftover is None:
             leftover = ending == UNREACHABLE
         if ending not in ENDINGS:

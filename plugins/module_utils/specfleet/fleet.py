@@ -22,8 +22,12 @@ from dataclasses import dataclass, field
 from .graph import SpecGraph
 from .states import SpecState
 
-# A dependency counts as done in these states ("completed" until the merge stage exists).
-DEPENDENCY_DONE = frozenset({SpecState.COMPLETED, SpecState.VERIFIED, SpecState.IN_REVIEW, SpecState.MERGED})
+# A dependency counts as done when it is merged into the integration branch: its dependents
+# start from that branch's tip, so they build on tested work.
+DEPENDENCY_MERGED = frozenset({SpecState.MERGED})
+# Plain jobs (``specfleet_job_command``: scheduling tests, benchmarks) have no branch to
+# merge; for them a completed dependency is done.
+DEPENDENCY_COMPLETED = frozenset({SpecState.COMPLETED, SpecState.VERIFIED, SpecState.IN_REVIEW, SpecState.MERGED})
 # A dependency in these states can never become done without a person (rescue).
 DEPENDENCY_DEAD = frozenset({SpecState.FAILED, SpecState.CANCELLED, SpecState.BLOCKED})
 
@@ -61,8 +65,8 @@ def order_key(priority: int, remaining: int, task_id: str) -> tuple[int, int, st
     return (priority, -remaining, task_id)
 
 
-def ready_and_doomed(states: Mapping[str, SpecState], deps: Mapping[str, Sequence[str]]
-                     ) -> tuple[list[str], dict[str, str]]:
+def ready_and_doomed(states: Mapping[str, SpecState], deps: Mapping[str, Sequence[str]],
+                     done: frozenset[SpecState] = DEPENDENCY_MERGED) -> tuple[list[str], dict[str, str]]:
     """Queued specs whose dependencies are all done, and queued specs that never can run.
 
     A spec is doomed when any dependency is failed, cancelled or blocked (or missing); the
@@ -84,7 +88,7 @@ def ready_and_doomed(states: Mapping[str, SpecState], deps: Mapping[str, Sequenc
             break
         if reason:
             doomed[task_id] = reason
-        elif all(states.get(dep) in DEPENDENCY_DONE for dep in deps.get(task_id, ())):
+        elif all(states.get(dep) in done for dep in deps.get(task_id, ())):
             ready.append(task_id)
     return ready, doomed
 

@@ -37,7 +37,7 @@ import uuid
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
-from .fleet import NodeInfo, choose_node, ordered, ready_and_doomed
+from .fleet import DEPENDENCY_MERGED, NodeInfo, choose_node, ordered, ready_and_doomed
 from .graph import SpecGraph
 from .paths import paths_overlap
 from .states import SpecState
@@ -245,11 +245,12 @@ class LeaseBook:
     # -- the grant pass -------------------------------------------------------------------
 
     def grant(self, project: str, nodes: Sequence[NodeInfo], limit: int | None = None,
-              only: Collection[str] | None = None) -> PassResult:
+              only: Collection[str] | None = None, done: frozenset[SpecState] = DEPENDENCY_MERGED) -> PassResult:
         """One scheduling pass for ``project``: block the doomed, start what may start.
 
         ``only`` limits the starts to the specs this run took on (a dispatch run never
         starts a spec it has no pipeline for); blocking applies to the whole project.
+        ``done``: the states in which a dependency lets its dependents start (merged).
 
         Reads the whole fleet's leases and the repository's locks, walks the ready specs in
         :func:`~.fleet.ordered` order and grants each the best node with a free slot whose
@@ -268,7 +269,7 @@ class LeaseBook:
             rows = {r["task_id"]: r for r in db.execute("SELECT * FROM specs WHERE project = ?", (project,))}
             states = {t: SpecState(r["state"]) for t, r in rows.items()}
             deps = {t: json.loads(r["depends_on_json"]) for t, r in rows.items()}
-            ready, doomed = ready_and_doomed(states, deps)
+            ready, doomed = ready_and_doomed(states, deps, done)
             for task_id, reason in sorted(doomed.items()):
                 self.store._transition(db, project, task_id, SpecState.BLOCKED, reason=reason, run_id=self.run_id)
                 result.blocked[task_id] = reason
@@ -459,7 +460,7 @@ class LeaseBook:
     # -- the end of an attempt ------------------------------------------------------------
 
     def finish(self, grant: Grant, succeeded: bool, reason: str | None = None, infrastructure: bool = False,
-               cancelled: bool = False, leftover: bool = False) -> Outcome:
+               cancelled: bool = False, leftover: bool = False, keep_locks: bool = False) -> Outcome:
         """Release the slot and locks of ``grant`` and move the spec on.
 
         Success -> ``completed``. An infrastructure failure (node unreachable, lost) or a
@@ -471,6 +472,10 @@ class LeaseBook:
 
         If the lease is no longer this run's (it expired and the spec was requeued or taken
         over), the late result changes nothing and the outcome says ``late``.
+
+        ``keep_locks`` (success only): the node's part is done, so the slot is freed, but the
+        path locks stay with the run until the branch is merged or sent back
+        (:meth:`release_locks`), so no other agent edits those files meanwhile.
         """
         project, task_id = grant.project, grant.task_id
         if succeeded:
@@ -494,8 +499,9 @@ class LeaseBook:
                 return Outcome(SpecState.QUEUED)
             db.execute("DELETE FROM slot_leases WHERE project = ? AND task_id = ? AND run_id = ?",
                        (project, task_id, self.run_id))
-            db.execute("DELETE FROM path_locks WHERE project = ? AND task_id = ? AND run_id = ?",
-                       (project, task_id, self.run_id))
+            if not (succeeded and keep_locks):
+                db.execute("DELETE FROM path_locks WHERE project = ? AND task_id = ? AND run_id = ?",
+                           (project, task_id, self.run_id))
             kind = "cancel" if cancelled else ("infra" if infrastructure else "spec")
             db.execute("UPDATE attempts SET ended_at = ?, outcome = ?, reason = ?, kind = ? WHERE id = ?",
                        (now(), outcome, reason, kind, grant.attempt_id))
@@ -507,16 +513,14 @@ class LeaseBook:
                 why = f"cancelled: {reason}" if cancelled else f"infrastructure: {reason}"
                 self.store._transition(db, project, task_id, SpecState.QUEUED, reason=why, run_id=self.run_id)
                 return Outcome(SpecState.QUEUED)
-            used = row["attempts_used"] + 1
-            if used <= row["retries"]:
-                self.store._transition(db, project, task_id, SpecState.QUEUED, reason=reason, run_id=self.run_id,
-                                       extra_sets={"attempts_used": used})
-                return Outcome(SpecState.QUEUED)
-            self.store._transition(db, project, task_id, SpecState.FAILED,
-                                   reason=reason or "attempt failed", run_id=self.run_id,
-                                   extra_sets={"attempts_used": used})
-            blocked = self._block_descendants(db, project, task_id)
-            return Outcome(SpecState.FAILED, tuple(blocked))
+            state, blocked = self.store._spec_failed(db, project, task_id, reason or "attempt failed", self.run_id)
+            return Outcome(state, tuple(blocked))
+
+    def release_locks(self, project: str, task_id: str) -> None:
+        """Free the path locks this run kept for ``task_id`` after its node part (see :meth:`finish`)."""
+        with self.store.transaction() as db:
+            db.execute("DELETE FROM path_locks WHERE project = ? AND task_id = ? AND run_id = ? AND leftover IS NULL",
+                       (project, task_id, self.run_id))
 
     # -- stopping -------------------------------------------------------------------------
 
@@ -542,18 +546,6 @@ class LeaseBook:
     def stop_mode(self) -> str | None:
         row = self.store.db.execute("SELECT stop FROM runs WHERE id = ?", (self.run_id,)).fetchone()
         return row["stop"] if row else None
-
-    def _block_descendants(self, db, project: str, task_id: str) -> list[str]:
-        rows = db.execute("SELECT task_id, state, depends_on_json FROM specs WHERE project = ?", (project,)).fetchall()
-        graph = SpecGraph({r["task_id"]: json.loads(r["depends_on_json"]) for r in rows})
-        states = {r["task_id"]: SpecState(r["state"]) for r in rows}
-        blocked = []
-        for child in sorted(graph.descendants(task_id)):
-            if states[child] is SpecState.QUEUED:
-                self.store._transition(db, project, child, SpecState.BLOCKED, reason=f"dependency {task_id} failed",
-                                       run_id=self.run_id)
-                blocked.append(child)
-        return blocked
 
 
 def _upsert_nodes(db, nodes: Sequence[NodeInfo], stamp: float) -> None:

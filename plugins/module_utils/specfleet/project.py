@@ -45,6 +45,11 @@ class ProjectConfig:
     verify_timeout: Any = "20m"
     require_tests: bool = True
     exclude: tuple[str, ...] = ()
+    merge_batch: int = 8
+    promote: str = "review"
+    push: str | None = None
+    review: str = "off"
+    test_timeout: Any = "30m"
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -101,10 +106,11 @@ def load_project(folder: Path, name: str, display: str,
             normalise_modifies(raw)
         except ValueError as exc:
             extra.append(Problem(display, key_lines.get("test_paths"), "test_paths", f"entry {raw!r} {exc}"))
-    try:
-        parse_duration(data.get("verify_timeout", "20m"))
-    except ValueError as exc:
-        extra.append(Problem(display, key_lines.get("verify_timeout"), "verify_timeout", str(exc)))
+    for key, default in (("verify_timeout", "20m"), ("test_timeout", "30m")):
+        try:
+            parse_duration(data.get(key, default))
+        except ValueError as exc:
+            extra.append(Problem(display, key_lines.get(key), key, str(exc)))
     if data.get("transport", "bundle") == "bundle" and _REMOTE.match(repository):
         extra.append(Problem(display, key_lines.get("transport"), "transport",
                              "is bundle (the default), which needs a local repository, but repository is a URL",
@@ -121,7 +127,9 @@ def load_project(folder: Path, name: str, display: str,
         ignore=tuple(data.get("ignore", ())), description=data.get("description", ""), raw=dict(data),
         transport=data.get("transport", "bundle"), test_paths=tuple(data.get("test_paths", ())),
         verify_timeout=data.get("verify_timeout", "20m"), require_tests=data.get("require_tests", True),
-        exclude=tuple(data.get("exclude", ())),
+        exclude=tuple(data.get("exclude", ())), merge_batch=data.get("merge_batch", 8),
+        promote=data.get("promote", "review"), push=data.get("push"), review=data.get("review", "off"),
+        test_timeout=data.get("test_timeout", "30m"),
     )
     return config, problems
 

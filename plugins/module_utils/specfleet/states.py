@@ -4,10 +4,10 @@
 
 ::
 
-    queued ──▶ running ──▶ completed ──▶ verified ──▶ merged
-      ▲  │        │            │            │  ▲ │
-      │  ▼        ▼            ▼            ▼  │ ▼
-      │ blocked  failed     (queued)     in_review  conflict
+    queued ──▶ running ──▶ completed ──▶ verified ──▶ merged ──▶ (promoted to the base branch)
+      ▲  │        │            │            │  ▲ │        │
+      │  ▼        ▼            ▼            ▼  │ ▼        ▼
+      │ blocked  failed     (queued)     in_review  conflict  (queued: rejected in review)
       │  cancelled
 
 * ``queued``: fed and valid; waits for its dependencies, a slot and its path locks.
@@ -15,7 +15,9 @@
 * ``completed``: the node-side pipeline succeeded (agent, verify, gates); branch collected.
 * ``verified``: re-checked on the controller in a clean checkout; ready for the merge queue.
 * ``in_review``: waits for a human (required review, or risky paths).
-* ``merged``: landed on the integration branch. The only terminal state.
+* ``merged``: landed on the integration branch in a tested commit; dependents may start.
+  Final once promoted to the base branch; before that a reviewer may reject it (reverted
+  from integration, back to ``queued`` with the reason as feedback).
 * ``conflict``: the branch does not merge cleanly; goes back to ``queued`` with feedback.
 * ``failed``: attempts used up (or a permanent error); ``reason`` says why.
 * ``blocked``: a dependency failed or was cancelled; ``reason`` names it.
@@ -57,7 +59,8 @@ TRANSITIONS: dict[SpecState, frozenset[SpecState]] = {
     S.FAILED: frozenset({S.QUEUED}),
     S.BLOCKED: frozenset({S.QUEUED, S.CANCELLED}),
     S.CANCELLED: frozenset({S.QUEUED}),
-    S.MERGED: frozenset(),
+    # Rejected in review before promotion: reverted from integration and queued again.
+    S.MERGED: frozenset({S.QUEUED}),
 }
 
 # A state change into one of these must say why (shown in status, reports and to agents).
@@ -66,7 +69,7 @@ NEEDS_REASON = frozenset({S.FAILED, S.BLOCKED, S.CANCELLED, S.CONFLICT})
 HOLDS_SLOT = frozenset({S.RUNNING})
 # States whose work (a branch) exists and is not merged yet: never deleted by cleanup.
 UNMERGED_WORK = frozenset({S.COMPLETED, S.VERIFIED, S.IN_REVIEW, S.CONFLICT})
-TERMINAL = frozenset(s for s, targets in TRANSITIONS.items() if not targets)
+TERMINAL = frozenset(s for s, targets in TRANSITIONS.items() if not targets)  # none: see merged
 
 
 class InvalidTransition(ValueError):

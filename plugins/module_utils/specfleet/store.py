@@ -205,6 +205,49 @@ ALTER TABLE path_locks ADD COLUMN leftover INTEGER;
 CREATE INDEX leftovers_by_spec ON leftovers(project, task_id);
 CREATE INDEX leftovers_by_node ON leftovers(node);
 """),
+    (6, "controller-side checks, merge batches, merges and promotions", """
+CREATE TABLE checks (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    project TEXT NOT NULL,
+    task_id TEXT,
+    kind TEXT NOT NULL CHECK (kind IN ('verify', 'review', 'batch', 'revert')),
+    commit_sha TEXT,
+    ok INTEGER NOT NULL,
+    summary TEXT NOT NULL,
+    detail_json TEXT NOT NULL DEFAULT '{}',
+    started_at REAL NOT NULL,
+    ended_at REAL NOT NULL
+);
+CREATE INDEX checks_by_spec ON checks(project, task_id, id);
+CREATE TABLE batches (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    project TEXT NOT NULL,
+    base_commit TEXT NOT NULL,
+    members_json TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('testing', 'landed', 'rejected', 'abandoned')),
+    tip_commit TEXT,
+    landed_json TEXT,
+    rejected_json TEXT,
+    test_runs INTEGER NOT NULL DEFAULT 0,
+    started_at REAL NOT NULL,
+    ended_at REAL
+);
+CREATE TABLE merges (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    project TEXT NOT NULL,
+    task_id TEXT NOT NULL,
+    commit_sha TEXT NOT NULL,
+    merge_commit TEXT NOT NULL,
+    batch_id INTEGER REFERENCES batches(id),
+    tested_commit TEXT NOT NULL,
+    merged_at REAL NOT NULL,
+    promoted_at REAL,
+    promoted_commit TEXT,
+    reverted_at REAL,
+    revert_reason TEXT
+);
+CREATE INDEX merges_by_spec ON merges(project, task_id);
+"""),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -431,6 +474,37 @@ class Store:
                dict(detail or {}, **({"reason": reason} if reason else {})))
         new = db.execute("SELECT * FROM specs WHERE project = ? AND task_id = ?", (project, task_id)).fetchone()
         return SpecRow.from_row(new)
+
+    def _spec_failed(self, db: sqlite3.Connection, project: str, task_id: str, reason: str,
+                     run_id: str | None = None, detail: dict | None = None) -> tuple[SpecState, list[str]]:
+        """A spec-level failure (agent, verify, merge): use an attempt; queue again or fail.
+
+        Back to ``queued`` while ``retries`` allow, else ``failed`` and every queued
+        descendant ``blocked`` naming it. Returns the new state and the blocked specs.
+        """
+        row = db.execute("SELECT attempts_used, retries FROM specs WHERE project = ? AND task_id = ?",
+                         (project, task_id)).fetchone()
+        used = row["attempts_used"] + 1
+        if used <= row["retries"]:
+            self._transition(db, project, task_id, SpecState.QUEUED, reason=reason, run_id=run_id, detail=detail,
+                             extra_sets={"attempts_used": used})
+            return SpecState.QUEUED, []
+        self._transition(db, project, task_id, SpecState.FAILED, reason=reason, run_id=run_id, detail=detail,
+                         extra_sets={"attempts_used": used})
+        return SpecState.FAILED, self._block_descendants(db, project, task_id, run_id)
+
+    def _block_descendants(self, db: sqlite3.Connection, project: str, task_id: str,
+                           run_id: str | None = None) -> list[str]:
+        rows = db.execute("SELECT task_id, state, depends_on_json FROM specs WHERE project = ?", (project,)).fetchall()
+        graph = SpecGraph({r["task_id"]: json.loads(r["depends_on_json"]) for r in rows})
+        states = {r["task_id"]: SpecState(r["state"]) for r in rows}
+        blocked = []
+        for child in sorted(graph.descendants(task_id)):
+            if states[child] is SpecState.QUEUED:
+                self._transition(db, project, child, SpecState.BLOCKED, reason=f"dependency {task_id} failed",
+                                 run_id=run_id)
+                blocked.append(child)
+        return blocked
 
     def rescue(self, project: str, task_ids: Sequence[str] = (), run_id: str | None = None) -> dict[str, Any]:
         """Queue failed and blocked specs again, with their attempts reset (DAGMan's rescue DAG).

@@ -4,8 +4,9 @@
 
 Branches in the project's repository:
 
-* ``specfleet/<project>/integration``: where verified work lands (the merge issue); a
-  spec starts from it when it exists, else from the project's ``base_branch``;
+* ``specfleet/<project>/integration``: where verified work lands (:mod:`.landing`); a
+  spec starts from it when it exists, else from the project's ``base_branch``; its
+  dependencies are merged there before it starts;
 * ``specfleet/<project>/<task id>``: the spec's collected result.
 
 Each node keeps a bare mirror per project (``<work root>/mirrors/<project>.git``). With
@@ -89,6 +90,12 @@ class Start:
 
 
 def resolve_start(repository: str, remote: bool, project: str, base_branch: str, depends_on: list[str]) -> Start:
+    """The spec starts from the integration tip (else the base branch), which holds its merged dependencies.
+
+    Dependencies start their dependents only once merged (the dispatcher's rule); for a
+    local repository this is checked against git, so a dependent never starts without
+    its dependencies' work.
+    """
     integration = f"refs/heads/{integration_branch(project)}"
     base = f"refs/heads/{base_branch}"
     deps = {d: f"refs/heads/{spec_branch(project, d)}" for d in depends_on}
@@ -96,11 +103,14 @@ def resolve_start(repository: str, remote: bool, project: str, base_branch: str,
     base_ref = integration if integration in tips else base
     if base_ref not in tips:
         raise GitError(f"branch {base_branch!r} does not exist in {repository}")
-    missing = [d for d, ref in deps.items() if ref not in tips]
-    if missing:
-        raise GitError("dependencies without a collected branch: " + ", ".join(missing)
-                       + f" (expected {', '.join(deps[d] for d in missing)} in {repository})")
-    return Start(base_ref, tips[base_ref], [{"task_id": d, "ref": ref, "commit": tips[ref]} for d, ref in deps.items()])
+    if not remote:
+        outside = [d for d, ref in deps.items() if ref not in tips or subprocess.run(
+            ["git", "-C", repository, "merge-base", "--is-ancestor", tips[ref], tips[base_ref]],
+            capture_output=True).returncode != 0]
+        if outside:
+            raise GitError(f"dependencies not merged into {base_ref.removeprefix('refs/heads/')}: "
+                           + ", ".join(outside) + " (run playbooks/merge.yml)")
+    return Start(base_ref, tips[base_ref], [])
 
 
 def bundle_for_node(repository: str, start: Start, node_tips: list[str], dest: Path) -> list[str]:

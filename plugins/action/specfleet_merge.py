@@ -1,0 +1,52 @@
+# Copyright: specfleet contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Action plugin for ``specfleet_merge`` (documentation in ``library/specfleet_merge.py``)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+_CORE = str(Path(__file__).resolve().parents[1] / "module_utils")
+if _CORE not in sys.path:
+    sys.path.insert(0, _CORE)
+
+from specfleet_action import DB_OPTION, LandingAction  # noqa: E402
+
+from specfleet import landing  # noqa: E402
+from specfleet.store import Store  # noqa: E402
+
+
+class ActionModule(LandingAction):
+    ARGUMENT_SPEC = {
+        "project": {"type": "str", "required": True},
+        "task_id": {"type": "str"},
+        "run_id": {"type": "str"},
+        "specs_root": {"type": "path"},
+        **DB_OPTION,
+    }
+
+    def act(self, result, args, task_vars, db):
+        config = self.project_config(args, task_vars)
+        with Store(db) as store:
+            if self._task.check_mode:
+                ready, waiting = landing.MergeQueue(store, config).candidates()
+                return dict(result, changed=False, ready=ready, waiting=waiting,
+                            msg=f"check mode: {len(ready)} branches would enter the merge queue")
+            done = landing.merge_queue(store, config, run_id=args["run_id"])
+            mine = store.spec(config.name, args["task_id"]) if args["task_id"] else None
+        result.update(done.as_dict(), changed=bool(done.merged or done.resumed or done.conflicts or done.broken))
+        lines = [f"{config.name}: {len(done.merged)} merged into {landing.integration_branch(config.name)} in "
+                 f"{done.batches} batches with {done.test_runs} test runs"
+                 + (f"; integration at {done.tip[:12]}" if done.tip else "")]
+        lines += [f"{t}: conflict in {', '.join(f)}; queued again with the conflict as feedback"
+                  for t, f in sorted(done.conflicts.items())]
+        lines += [f"{t}: broke the merged build (bisected); queued again" for t in sorted(done.broken)]
+        lines += [f"{t} waits: {why}" for t, why in sorted(done.waiting.items())]
+        if done.promoted:
+            lines.append(f"{config.base_branch} promoted to {done.promoted[:12]} (promote: auto)")
+        result["msg"] = lines
+        if mine is not None:
+            result["state"] = mine.state.value
+            if mine.state.value != "merged":
+                result.update(failed=True, msg=lines + [f"{mine.task_id} did not land: {mine.state.value}: {mine.reason}"])
+        return result

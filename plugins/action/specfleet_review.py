@@ -1,0 +1,51 @@
+# Copyright: specfleet contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Action plugin for ``specfleet_review`` (documentation in ``library/specfleet_review.py``)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+_CORE = str(Path(__file__).resolve().parents[1] / "module_utils")
+if _CORE not in sys.path:
+    sys.path.insert(0, _CORE)
+
+from specfleet_action import DB_OPTION, LandingAction  # noqa: E402
+
+from specfleet import landing  # noqa: E402
+from specfleet.store import Store  # noqa: E402
+
+
+class ActionModule(LandingAction):
+    ARGUMENT_SPEC = {
+        "project": {"type": "str", "required": True},
+        "approve": {"type": "list", "elements": "str", "default": []},
+        "reject": {"type": "str"},
+        "reason": {"type": "str", "default": ""},
+        "specs_root": {"type": "path"},
+        **DB_OPTION,
+    }
+
+    def act(self, result, args, task_vars, db):
+        config = self.project_config(args, task_vars)
+        if args["approve"] and args["reject"]:
+            return dict(result, failed=True, msg="approve or reject, not both in one run")
+        with Store(db) as store:
+            lines = []
+            if args["reject"] and not self._task.check_mode:
+                done = landing.reject(store, config, args["reject"], args["reason"])
+                result.update(changed=True, reverted=done["reverted"])
+                lines.append(done["msg"])
+            if args["approve"] and not self._task.check_mode:
+                wanted = None if args["approve"] in (["all"], ["*"]) else args["approve"]
+                done = landing.promote(store, config, wanted)
+                result.update(changed=bool(done["promoted"]), promoted=done["promoted"], commit=done["commit"])
+                lines.append(done["msg"])
+            queue = landing.pending_review(store, config)
+        result["queue"] = queue
+        header = f"{config.name}: {len(queue)} merged on {landing.integration_branch(config.name)}, not on {config.base_branch}"
+        lines.append(header)
+        lines += [f"{e['task_id']}: {e['diffstat'] or 'no diff'} | verify: {e['verify']} | review: {e['review']} | "
+                  f"attempts {e['attempts']} | {e['hours']} h to merge" for e in queue]
+        result["msg"] = lines
+        return result

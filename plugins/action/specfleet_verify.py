@@ -1,0 +1,44 @@
+# Copyright: specfleet contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Action plugin for ``specfleet_verify`` (documentation in ``library/specfleet_verify.py``)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+_CORE = str(Path(__file__).resolve().parents[1] / "module_utils")
+if _CORE not in sys.path:
+    sys.path.insert(0, _CORE)
+
+from specfleet_action import DB_OPTION, LandingAction  # noqa: E402
+
+from specfleet import landing  # noqa: E402
+from specfleet.states import SpecState  # noqa: E402
+from specfleet.store import Store  # noqa: E402
+
+
+class ActionModule(LandingAction):
+    ARGUMENT_SPEC = {
+        "project": {"type": "str", "required": True},
+        "tasks": {"type": "list", "elements": "str", "default": []},
+        "run_id": {"type": "str"},
+        "specs_root": {"type": "path"},
+        **DB_OPTION,
+    }
+
+    def act(self, result, args, task_vars, db):
+        config = self.project_config(args, task_vars)
+        with Store(db) as store:
+            names = args["tasks"] or [r.task_id for r in store.specs(config.name, states=[SpecState.COMPLETED])]
+            if self._task.check_mode:
+                return dict(result, changed=False, would_verify=names, msg=f"check mode: would verify {len(names)} specs")
+            verdicts = [landing.verify(store, config, name, run_id=args["run_id"]) for name in names]
+        failed = [v for v in verdicts if not v.ok]
+        result.update(changed=bool(verdicts), verified=[v.task_id for v in verdicts if v.ok],
+                      sent_back={v.task_id: v.state for v in failed},
+                      checks={v.task_id: v.checks for v in verdicts},
+                      msg=[f"{v.task_id}: {'verified' if v.ok else 'now ' + v.state}: {v.summary}" for v in verdicts]
+                      or [f"{config.name}: no completed spec waits for verification"])
+        if failed and args["tasks"]:
+            result["failed"] = True
+        return result

@@ -1,0 +1,269 @@
+"""Verify, merge queue and review against real git repositories and a real store."""
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from specfleet import landing
+from specfleet.project import load_project
+from specfleet.states import SpecState
+from specfleet.store import Store, now
+from specfleet.validation import validate_project
+from specfleet.workspace import integration_branch, spec_branch
+from tests.conftest import git, make_repo, spec_text
+
+CALC = "def add(a, b):\n    return a + b\n"
+TESTS = "from calc import add\n\n\ndef test_add():\n    assert add(2, 3) == 5\n"
+
+
+class Site:
+    """A project whose specs are 'completed' by committing their branches here (no nodes)."""
+
+    def __init__(self, root: Path, specs: dict[str, dict], test_command: str | None = None, **settings):
+        self.root = root
+        self.repo = make_repo(root / "repo", {"calc.py": CALC, "test_calc.py": TESTS, "README.md": "# r\n"})
+        folder = root / "specs" / "demo"
+        folder.mkdir(parents=True)
+        config = {"repository": str(self.repo), "require_tests": False, "retries": 1, "verify": "true", **settings}
+        if test_command:
+            config["test_command"] = test_command
+        (folder / "project.yml").write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in config.items()))
+        for task, fields in specs.items():
+            (folder / f"{task}.md").write_text(spec_text(task, **fields))
+        report = validate_project(root / "specs", "demo", None, "glm", display_root="specs")
+        assert report.ok, report.summary()
+        self.store = Store(root / "state.db")
+        self.store.feed(report)
+        self.config, problems = load_project(folder, "demo", "specs/demo/project.yml")
+        assert self.config is not None, problems
+
+    def complete(self, task: str, files: dict[str, str], start: str | None = None) -> str:
+        """Commit ``files`` on the spec's branch from ``start`` (default: integration, else main)."""
+        base = start or landing.tip(str(self.repo), integration_branch("demo")) or "main"
+        branch = spec_branch("demo", task)
+        git(self.repo, "branch", "-f", branch, base)
+        work = self.root / f"wt-{task}-{now()}"
+        git(self.repo, "worktree", "add", "-q", str(work), branch)
+        for name, text in files.items():
+            (work / name).parent.mkdir(parents=True, exist_ok=True)
+            (work / name).write_text(text)
+        git(work, "add", "-A")
+        git(work, "commit", "-q", "-m", f"{task}")
+        commit = git(work, "rev-parse", "HEAD").strip()
+        git(self.repo, "worktree", "remove", "--force", str(work))
+        row = self.store.spec("demo", task)
+        number = self.store.db.execute("SELECT COUNT(*) FROM attempts WHERE project = 'demo' AND task_id = ?",
+                                       (task,)).fetchone()[0] + 1
+        with self.store.transaction() as db:
+            db.execute("INSERT INTO attempts (project, task_id, number, revision, started_at, ended_at, outcome,"
+                       " commit_sha, branch) VALUES ('demo', ?, ?, ?, ?, ?, 'succeeded', ?, ?)",
+                       (task, number, row.revision, now(), now(), commit, branch))
+        self.store.transition("demo", task, SpecState.RUNNING)
+        self.store.transition("demo", task, SpecState.COMPLETED)
+        return commit
+
+    def verify_all(self, *tasks: str) -> None:
+        for task in tasks:
+            verdict = landing.verify(self.store, self.config, task)
+            assert verdict.ok, verdict.summary
+
+    def state(self, task: str) -> str:
+        return self.store.spec("demo", task).state.value
+
+    def show(self, ref: str, path: str) -> str:
+        return git(self.repo, "show", f"{ref}:{path}")
+
+    def clean(self) -> bool:
+        return git(self.repo, "status", "--porcelain") == "" and not list((self.root / "home").glob("scratch/*"))
+
+
+@pytest.fixture(autouse=True)
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPECFLEET_HOME", str(tmp_path / "home"))
+
+
+def three(tmp_path, **settings) -> Site:
+    specs = {t: {"modifies": [f"{t.lower()}.py", "calc.py"], "verify": "python3 -m pytest -q"} for t in ("A", "B", "C")}
+    return Site(tmp_path, specs, test_command="python3 -m pytest -q", **settings)
+
+
+def test_three_branches_one_conflicting_two_land_conflict_reported_with_its_files(tmp_path):
+    site = three(tmp_path)
+    site.complete("A", {"a.py": "A = 1\n"})
+    site.complete("B", {"calc.py": CALC + "\n\ndef sub(a, b):\n    return a - b\n"})
+    site.complete("C", {"calc.py": CALC + "\n\ndef mul(a, b):\n    return a * b\n"})
+    site.verify_all("A", "B", "C")
+    result = landing.merge_queue(site.store, site.config)
+    assert result.merged == ["A", "B"] and result.conflicts == {"C": ["calc.py"]}
+    assert site.state("A") == site.state("B") == "merged"
+    assert site.state("C") == "queued" and "calc.py" in site.store.spec("demo", "C").reason
+    events = [e for e in site.store.events("demo", "C") if e["to_state"] == "conflict"]
+    assert events and events[0]["detail"]["files"] == ["calc.py"]
+    integration = integration_branch("demo")
+    assert "sub" in site.show(integration, "calc.py") and site.show(integration, "a.py") == "A = 1\n"
+    assert "mul" not in site.show(integration, "calc.py")
+    assert site.show("main", "calc.py") == CALC  # the base branch waits for review
+    # C's branch keeps its work; the repository's working tree and scratch space are clean.
+    assert "mul" in site.show(spec_branch("demo", "C"), "calc.py")
+    assert site.clean()
+    assert site.store.spec("demo", "C").attempts_used == 1
+
+
+def test_a_branch_that_breaks_the_build_with_another_is_bisected_and_the_rest_land(tmp_path):
+    specs = {f"S{i}": {"modifies": [f"m{i}.py", f"test_m{i}.py"]} for i in range(1, 7)}
+    site = Site(tmp_path, specs, test_command="python3 -m pytest -q")
+    # S4 passes alone but breaks the build together with S2 (both fine on their own).
+    files = {i: {f"m{i}.py": f"V = {i}\n"} for i in range(1, 7)}
+    files[2] = {"m2.py": "LIMIT = 1\n"}
+    files[4] = {"m4.py": "V = 4\n",
+                "test_m4.py": "import os\n\n\ndef test_limit():\n    assert not os.path.exists('m2.py')\n"}
+    for i in range(1, 7):
+        site.complete(f"S{i}", files[i])
+    site.verify_all(*specs)
+    result = landing.merge_queue(site.store, site.config)
+    assert sorted(result.merged) == ["S1", "S2", "S3", "S5", "S6"]
+    assert list(result.broken) == ["S4"] and "test_limit" in result.broken["S4"]
+    assert site.state("S4") == "queued"
+    batch = site.store.db.execute("SELECT * FROM batches").fetchone()
+    assert batch["status"] == "landed" and batch["test_runs"] == result.test_runs
+    assert 3 <= result.test_runs < 2 * len(specs)  # fewer than testing each branch (with its retry)
+    assert subprocess.run(["python3", "-m", "pytest", "-q"], cwd=tmp_path / "repo", capture_output=True).returncode == 0
+
+
+def test_a_flaky_test_is_retried_once_before_bisecting(tmp_path):
+    flag = tmp_path / "flaky-once"
+    site = three(tmp_path)
+    site.complete("A", {"a.py": "A = 1\n"})
+    site.complete("B", {"b.py": "B = 1\n"})
+    site.verify_all("A", "B")
+    site.config = type(site.config)(**{**site.config.__dict__,
+                                       "test_command": f"if [ ! -e {flag} ]; then touch {flag}; exit 1; fi; exit 0"})
+    result = landing.merge_queue(site.store, site.config)
+    assert result.merged == ["A", "B"] and result.flaky == 1 and result.test_runs == 2
+
+
+def test_a_gate_failure_never_merges(tmp_path):
+    site = three(tmp_path)
+    site.complete("A", {"a.py": "A = 1\n", "README.md": "# out of scope\n"})
+    verdict = landing.verify(site.store, site.config, "A")
+    assert not verdict.ok and "README.md is outside modifies" in verdict.summary
+    assert site.state("A") == "queued"
+    assert landing.merge_queue(site.store, site.config).merged == []
+    assert landing.tip(str(site.repo), integration_branch("demo")) is None
+    check = site.store.db.execute("SELECT * FROM checks WHERE kind = 'verify'").fetchone()
+    assert check["ok"] == 0 and "scope" in check["summary"]
+
+
+def test_verify_runs_the_spec_command_and_the_project_tests_in_a_clean_checkout(tmp_path):
+    site = three(tmp_path)
+    (site.repo / "untracked_helper.py").write_text("raise SystemExit('the user working tree leaked in')\n")
+    site.complete("A", {"a.py": "A = 1\n", "calc.py": "def add(a, b):\n    return a - b\n"})
+    verdict = landing.verify(site.store, site.config, "A")
+    assert not verdict.ok
+    assert [c["check"] for c in verdict.checks if not c["ok"]] == ["verify", "tests"]
+    lesson = site.store.lessons("demo")[0]["text"]
+    assert "controller verify failed" in lesson and "assert" in lesson  # the test output is the feedback
+
+
+def test_rejection_reverts_tests_and_requeues_with_the_reason(tmp_path):
+    site = three(tmp_path)
+    site.complete("A", {"a.py": "A = 1\n"})
+    site.complete("B", {"b.py": "B = 1\n"})
+    site.verify_all("A", "B")
+    landing.merge_queue(site.store, site.config)
+    listed = landing.pending_review(site.store, site.config)
+    assert [e["task_id"] for e in listed] == ["A", "B"] and "1 file changed" in listed[0]["diffstat"]
+    done = landing.reject(site.store, site.config, "A", "use the shared helper instead")
+    assert done["reverted"] == ["A"]
+    integration = integration_branch("demo")
+    assert subprocess.run(["git", "-C", str(site.repo), "cat-file", "-e", f"{integration}:a.py"],
+                          capture_output=True).returncode != 0
+    assert site.show(integration, "b.py") == "B = 1\n"
+    assert site.state("A") == "queued" and "use the shared helper" in site.store.spec("demo", "A").reason
+    assert [e["task_id"] for e in landing.pending_review(site.store, site.config)] == ["B"]
+    revert = site.store.db.execute("SELECT * FROM checks WHERE kind = 'revert'").fetchone()
+    assert revert["ok"] == 1
+    with pytest.raises(landing.LandingError, match="needs a reason"):
+        landing.reject(site.store, site.config, "B", "  ")
+
+
+def test_promotion_moves_the_base_branch_only_to_a_tested_commit(tmp_path):
+    site = three(tmp_path, merge_batch=1)
+    site.complete("A", {"a.py": "A = 1\n"})
+    site.complete("B", {"b.py": "B = 1\n"})
+    site.verify_all("A", "B")
+    landing.merge_queue(site.store, site.config)
+    tested = {r["commit_sha"] for r in site.store.db.execute("SELECT commit_sha FROM checks WHERE kind = 'batch'")}
+    assert len(tested) == 2
+    with pytest.raises(landing.LandingError, match="approve or reject A first"):
+        landing.promote(site.store, site.config, ["B"])
+    done = landing.promote(site.store, site.config, ["A"])
+    main = git(site.repo, "rev-parse", "main").strip()
+    assert main == done["commit"] and main in tested
+    assert site.show("main", "a.py") == "A = 1\n" and (site.repo / "a.py").read_text() == "A = 1\n"  # checked out: ff
+    assert [e["task_id"] for e in landing.pending_review(site.store, site.config)] == ["B"]
+    landing.promote(site.store, site.config, None)
+    assert git(site.repo, "rev-parse", "main").strip() == landing.tip(str(site.repo), integration_branch("demo"))
+
+
+def test_auto_promotion_and_push_to_the_remote(tmp_path):
+    remote = tmp_path / "remote.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(remote)], check=True)
+    site = three(tmp_path, promote="auto", push="origin")
+    git(site.repo, "remote", "add", "origin", str(remote))
+    site.complete("A", {"a.py": "A = 1\n"})
+    site.verify_all("A")
+    result = landing.merge_queue(site.store, site.config)
+    assert result.promoted == landing.tip(str(site.repo), "main") == git(remote, "rev-parse", "main").strip()
+
+
+def test_a_crash_after_integration_moved_is_resumed_without_merging_twice(tmp_path):
+    site = three(tmp_path)
+    site.complete("A", {"a.py": "A = 1\n"})
+    site.verify_all("A")
+    queue = landing.MergeQueue(site.store, site.config)
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt("controller killed")
+
+    queue._record_merged = crash  # the branch moved, the store was not updated
+    with pytest.raises(KeyboardInterrupt):
+        with landing.queue_lock("demo"):
+            queue.run()
+    tip = landing.tip(str(site.repo), integration_branch("demo"))
+    assert tip and site.state("A") == "verified"
+    result = landing.merge_queue(site.store, site.config)
+    assert result.resumed == ["A"] and result.merged == [] and site.state("A") == "merged"
+    assert landing.tip(str(site.repo), integration_branch("demo")) == tip
+    assert site.store.db.execute("SELECT status FROM batches").fetchone()[0] == "abandoned"
+
+
+def test_a_crash_before_integration_moved_leaves_it_at_a_tested_commit(tmp_path):
+    site = three(tmp_path)
+    site.complete("A", {"a.py": "A = 1\n"})
+    site.verify_all("A")
+    landing.merge_queue(site.store, site.config)
+    before = landing.tip(str(site.repo), integration_branch("demo"))
+    site.complete("B", {"b.py": "B = 1\n"})
+    site.verify_all("B")
+    queue = landing.MergeQueue(site.store, site.config)
+    queue._test = lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt("killed during the batch test"))
+    with pytest.raises(KeyboardInterrupt):
+        queue.run()
+    assert landing.tip(str(site.repo), integration_branch("demo")) == before
+    assert site.state("B") == "verified"
+    assert landing.merge_queue(site.store, site.config).merged == ["B"]
+
+
+def test_dependents_wait_for_their_dependency_to_merge(tmp_path):
+    site = Site(tmp_path, {"A": {"modifies": ["a.py"]}, "B": {"modifies": ["b.py"], "depends_on": ["A"]}})
+    site.complete("A", {"a.py": "A = 1\n"})
+    site.verify_all("A")
+    landing.merge_queue(site.store, site.config)
+    site.complete("B", {"b.py": "import a\n"})  # from the integration tip: holds A's code
+    site.verify_all("B")
+    assert site.show(spec_branch("demo", "B"), "a.py") == "A = 1\n"
+    assert landing.merge_queue(site.store, site.config).merged == ["B"]
