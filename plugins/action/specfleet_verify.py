@@ -12,7 +12,7 @@ if _CORE not in sys.path:
 
 from specfleet_action import DB_OPTION, LandingAction  # noqa: E402
 
-from specfleet import landing  # noqa: E402
+from specfleet import landing, llmreview  # noqa: E402
 from specfleet.states import SpecState  # noqa: E402
 from specfleet.store import Store  # noqa: E402
 
@@ -28,11 +28,18 @@ class ActionModule(LandingAction):
 
     def act(self, result, args, task_vars, db):
         config = self.project_config(args, task_vars)
+        endpoint = None
+        if config.review != "off":
+            try:
+                endpoint = llmreview.Endpoint.from_vars(self._templar.template(
+                    task_vars.get("specfleet_review_endpoint")), self._lookup(task_vars))
+            except ValueError as exc:
+                return dict(result, failed=True, msg=str(exc))
         with Store(db) as store:
             names = args["tasks"] or [r.task_id for r in store.specs(config.name, states=[SpecState.COMPLETED])]
             if self._task.check_mode:
                 return dict(result, changed=False, would_verify=names, msg=f"check mode: would verify {len(names)} specs")
-            verdicts = [landing.verify(store, config, name, run_id=args["run_id"]) for name in names]
+            verdicts = [landing.verify(store, config, name, run_id=args["run_id"], endpoint=endpoint) for name in names]
         failed = [v for v in verdicts if not v.ok]
         result.update(changed=bool(verdicts), verified=[v.task_id for v in verdicts if v.ok],
                       sent_back={v.task_id: v.state for v in failed},
@@ -42,3 +49,9 @@ class ActionModule(LandingAction):
         if failed and args["tasks"]:
             result["failed"] = True
         return result
+
+    def _lookup(self, task_vars: dict):
+        def lookup(name: str) -> str | None:
+            value = task_vars.get(name)
+            return None if value is None else str(self._templar.template(value))
+        return lookup

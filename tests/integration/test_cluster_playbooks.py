@@ -71,6 +71,35 @@ def test_dispatch_replays_the_example_end_to_end_and_brings_back_every_branch(fl
     assert main != integration and subprocess.run([*git, "merge-base", "--is-ancestor", main, integration]).returncode == 0
     assert subprocess.run([*git, "status", "--porcelain"], capture_output=True, text=True).stdout == ""
 
+    # The review queue, through its playbook: a person rejects S08, approves the rest.
+    listed = fleet.playbook("playbooks/review.yml", "-e", "project=clawmarketing")
+    assert listed.returncode == 0, listed.output[-3000:]
+    assert "clawmarketing: 8 merged on specfleet/clawmarketing/integration, not on main" in listed.output
+    assert re.search(r"S08-test-integration: \d+ files? changed.*verify: \d+ checks passed", listed.output)
+    rejected = fleet.playbook("playbooks/review.yml", "-e", "project=clawmarketing", "-e", "reject=S08-test-integration",
+                              "-e", "reason='name the test after the endpoint'", timeout=300)
+    assert rejected.returncode == 0, rejected.output[-3000:]
+    state, reason = db.execute("SELECT state, reason FROM specs WHERE task_id = 'S08-test-integration'").fetchone()
+    assert state == "queued" and "name the test after the endpoint" in reason
+    approved = fleet.playbook("playbooks/review.yml", "-e", "project=clawmarketing", "-e", "approve=all")
+    assert approved.returncode == 0, approved.output[-3000:]
+    promoted = subprocess.run([*git, "rev-parse", "main"], capture_output=True, text=True).stdout.strip()
+    tested = {r[0] for r in db.execute("SELECT commit_sha FROM checks WHERE kind IN ('batch', 'revert') AND ok = 1")}
+    assert promoted in tested
+    assert subprocess.run([*git, "cat-file", "-e", f"{promoted}:tests/test_schedule_integration.py"],
+                          capture_output=True).returncode != 0  # S08's file went with the revert
+    # S08 runs again (the rejection is its feedback), lands, and a second approval promotes it.
+    again = fleet.playbook("dispatch.yml", "-e", "project=clawmarketing", "-e", "specfleet_executor=replay", timeout=600)
+    assert again.returncode == 0, again.output[-3000:]
+    assert "clawmarketing: 1 specs in this run: 1 merged" in again.output
+    prompt = db.execute("SELECT artifacts FROM attempts WHERE task_id = 'S08-test-integration' ORDER BY number DESC"
+                        " LIMIT 1").fetchone()[0]
+    assert "name the test after the endpoint" in (Path(prompt) / "prompt.md").read_text()
+    assert fleet.playbook("playbooks/review.yml", "-e", "project=clawmarketing", "-e", "approve=all").returncode == 0
+    assert subprocess.run([*git, "rev-parse", "main"], capture_output=True, text=True).stdout.strip() == \
+        subprocess.run([*git, "rev-parse", "specfleet/clawmarketing/integration"], capture_output=True,
+                       text=True).stdout.strip()
+
 
 def test_dispatch_runs_the_example_in_order_then_has_nothing_left(fleet):
     run = fleet.playbook("dispatch.yml", "-e", "project=clawmarketing", *JOB)

@@ -188,13 +188,13 @@ def test_controller_killed_at_ten_points_resumes_and_runs_every_agent_once(clust
     rng = random.Random(SEED)
     site = Site(cluster, tmp_path)
     specs = dag("K", 40, rng)
-    site.project("killed", specs, writes(specs, rng, 1.0, 4.0))
+    site.project("killed", specs, writes(specs, rng, 3.0, 8.0))
     kills, runs, moments = 0, 0, []
     while True:
         process = site.start("killed")
         runs += 1
         if kills < 10:
-            delay = rng.uniform(4.0, 16.0)
+            delay = rng.uniform(3.0, 10.0)
             try:
                 process.communicate(timeout=delay)
             except subprocess.TimeoutExpired:
@@ -298,12 +298,14 @@ def test_a_hung_node_is_quarantined_like_a_dead_one(cluster, tmp_path):
 def test_gas_town_3584_a_stopped_heartbeat_is_read_and_the_wedged_run_killed_and_requeued(cluster, tmp_path):
     site = Site(cluster, tmp_path)
     site.project("wedge", {"W1": {"modifies": ["pkg/w1.py"], "verify": "test -s pkg/w1.py", "retries": 0},
-                           "W2": {"modifies": ["pkg/w2.py"], "verify": "test -s pkg/w2.py", "depends_on": ["W1"]}},
+                           "W2": {"modifies": ["pkg/w2.py"], "verify": "test -s pkg/w2.py", "depends_on": ["W1"]},
+                           "W3": {"modifies": ["pkg/w3.py"], "verify": "test -s pkg/w3.py", "retries": 0}},
                  {"W1#1": [{"write": {"pkg/w1.py": "A = 1\n"}, "wedge_runner": True}],
-                  "W1": [{"write": {"pkg/w1.py": "A = 2\n"}}], "W2": [{"write": {"pkg/w2.py": "B = 1\n"}}]})
+                  "W1": [{"write": {"pkg/w1.py": "A = 2\n"}}], "W2": [{"write": {"pkg/w2.py": "B = 1\n"}}],
+                  "W3": [{"stdout": "Done, nothing to change."}]})
     code, output = site.run("wedge")
-    assert code == 0, output[-4000:]
-    assert site.states("wedge") == {"W1": "merged", "W2": "merged"}
+    assert code == 2, output[-4000:]  # W3 failed (empty diff): the report says so
+    assert site.states("wedge") == {"W1": "merged", "W2": "merged", "W3": "failed"}
     db = site.db()
     first, second = db.execute("SELECT * FROM attempts WHERE task_id = 'W1' ORDER BY number").fetchall()
     assert first["kind"] == "infra" and "heartbeat stopped" in first["reason"]
@@ -316,11 +318,14 @@ def test_gas_town_3584_a_stopped_heartbeat_is_read_and_the_wedged_run_killed_and
     pid = int((run_dir / "runner_pid").read_text())
     assert not Path(f"/proc/{pid}").exists() or " Z " in Path(f"/proc/{pid}/stat").read_text()
     assert site.held() == {"slot_leases": 0, "path_locks": 0, "leftovers": 0}
-    # Cleanup keeps that attempt (its work never came back) and removes the collected ones.
+    # Cleanup keeps W3's attempt (its work never came back and W3 is not merged) and removes
+    # the rest: W1 is merged, so even its stalled first attempt may go.
+    w3 = next(Path(site.cluster.root).glob("nodes/*/work/runs/wedge/W3/1-*"))
     cleaned = subprocess.run([str(VENV_BIN / "ansible-playbook"), "playbooks/cleanup.yml", "-e", "project=wedge",
                               "-e", "older_than=0"], cwd=REPO_ROOT, env=site.env, capture_output=True, text=True,
                              timeout=300)
     assert cleaned.returncode == 0, cleaned.stdout[-3000:]
-    assert run_dir.exists() and "W1/1-" in cleaned.stdout and "never brought back" in cleaned.stdout
+    assert w3.exists() and "W3/1-" in cleaned.stdout and "never brought back" in cleaned.stdout
+    assert not run_dir.exists()
     assert not list(Path(site.cluster.root).glob(f"nodes/*/work/runs/wedge/W1/2-{second['run_id']}"))
     assert not list(Path(site.cluster.root).glob("nodes/*/work/workspaces/wedge/W2/*"))

@@ -267,3 +267,108 @@ def test_dependents_wait_for_their_dependency_to_merge(tmp_path):
     site.verify_all("B")
     assert site.show(spec_branch("demo", "B"), "a.py") == "A = 1\n"
     assert landing.merge_queue(site.store, site.config).merged == ["B"]
+
+
+# -- the optional LLM review, against a real HTTP server on loopback ---------------------------
+
+KEY = "sk-review-canary-51c7e2"
+
+
+class ChatServer:
+    """An OpenAI-compatible /v1/chat/completions endpoint that replays scripted answers."""
+
+    def __init__(self, answers: list[tuple[int, dict | str]]):
+        import http.server
+        import threading
+
+        self.answers, self.requests = list(answers), []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                server.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
+                status, answer = server.answers.pop(0) if server.answers else (500, "script exhausted")
+                if isinstance(answer, str):
+                    answer = {"error": {"message": answer, "type": "test"}}
+                data = json.dumps(answer).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                if status == 429:
+                    self.send_header("Retry-After", "0")
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join()
+
+
+def completion(content: str) -> tuple[int, dict]:
+    return 200, {"id": "c1", "object": "chat.completion", "created": 1, "model": "m",
+                 "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}],
+                 "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+
+
+@pytest.fixture
+def chat():
+    servers = []
+
+    def start(*answers):
+        servers.append(ChatServer(list(answers)))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def endpoint(server) -> landing.llmreview.Endpoint:
+    return landing.llmreview.Endpoint(server.url, "review-model", KEY, timeout=10, retries=2)
+
+
+def test_a_required_review_that_rejects_sends_the_spec_back_with_the_reasons(tmp_path, chat):
+    site = three(tmp_path, review="required")
+    server = chat((429, "slow down"), completion('{"verdict": "reject", "reasons": ["do-not-do: touched calc.py"]}'))
+    site.complete("A", {"a.py": "A = 1\n"})
+    verdict = landing.verify(site.store, site.config, "A", endpoint=endpoint(server))
+    assert not verdict.ok and site.state("A") == "queued"
+    assert "touched calc.py" in site.store.lessons("demo")[0]["text"]
+    # The 429 was retried by the client; the request carried the spec and the diff, the key only as auth.
+    assert len(server.requests) == 2 and server.requests[-1]["path"] == "/v1/chat/completions"
+    sent = server.requests[-1]["body"]["messages"][1]["content"]
+    assert "Do the thing" in sent and "+A = 1" in sent and server.requests[-1]["auth"] == f"Bearer {KEY}"
+    dump = "\n".join(site.store.db.iterdump())
+    assert KEY not in dump and "reject by review-model" in dump
+
+
+def test_an_advisory_review_is_stored_and_shown_but_never_blocks(tmp_path, chat):
+    site = three(tmp_path, review="advisory")
+    server = chat(completion('Sure. {"verdict": "reject", "reasons": ["naming"]}'), completion("I cannot help"))
+    site.complete("A", {"a.py": "A = 1\n"})
+    site.complete("B", {"b.py": "B = 1\n"})
+    assert landing.verify(site.store, site.config, "A", endpoint=endpoint(server)).ok
+    assert landing.verify(site.store, site.config, "B", endpoint=endpoint(server)).ok  # not JSON: unavailable
+    landing.merge_queue(site.store, site.config)
+    queue = {e["task_id"]: e["review"] for e in landing.pending_review(site.store, site.config)}
+    assert queue["A"].startswith("reject by review-model: naming")
+    assert queue["B"].startswith("unavailable: the answer is not JSON")
+
+
+def test_a_required_review_that_is_unavailable_leaves_the_spec_completed(tmp_path, chat):
+    site = three(tmp_path, review="required")
+    server = chat((503, "down"), (503, "down"), (503, "down"))
+    site.complete("A", {"a.py": "A = 1\n"})
+    with pytest.raises(landing.LandingError, match="required LLM review is unavailable.*HTTP 503"):
+        landing.verify(site.store, site.config, "A", endpoint=endpoint(server))
+    assert site.state("A") == "completed" and len(server.requests) == 3

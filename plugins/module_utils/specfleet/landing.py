@@ -36,11 +36,12 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import llmreview
 from .durations import parse_duration
 from .graph import SpecGraph
 from .project import ProjectConfig
@@ -71,10 +72,15 @@ class CommandResult:
         return "passed" if self.ok else ("timed out" if self.rc is None else f"exited {self.rc}")
 
 
+# The only variables a project's commands see on the controller: they run code an agent
+# wrote, so the controller's secrets (API keys, vault passwords, tokens) stay out of reach.
+PASSED_ENV = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "TERM", "TZ")
+
+
 def run_command(command: str, cwd: Path, timeout: float) -> CommandResult:
     """``bash -c command`` in ``cwd`` in its own process group; the whole group dies on timeout."""
     started = time.monotonic()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    env = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
     process = subprocess.Popen(["bash", "-c", command], cwd=cwd, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
     try:
@@ -269,8 +275,12 @@ class Verdict:
 
 
 def verify(store: Store, config: ProjectConfig, task_id: str, run_id: str | None = None,
-           reviewer: Callable[[dict], dict] | None = None) -> Verdict:
-    """Re-check a ``completed`` spec on the controller in a clean clone of its commit."""
+           endpoint: llmreview.Endpoint | None = None) -> Verdict:
+    """Re-check a ``completed`` spec on the controller in a clean clone of its commit.
+
+    With ``review: advisory|required`` in project.yml, ``endpoint`` (an OpenAI-compatible
+    chat endpoint) also reviews the diff against the spec once every other check passed.
+    """
     project = config.name
     spec = store.spec(project, task_id)
     if spec is None:
@@ -307,12 +317,8 @@ def verify(store: Store, config: ProjectConfig, task_id: str, run_id: str | None
                            "seconds": round(result.seconds, 2), "output": tail(result.output, 40, OUTPUT_TAIL)})
         diff = work.git("diff", "--stat", parent, commit)
     failed = [c for c in checks if not c["ok"]]
-    review = None
-    if reviewer is not None and config.review != "off" and not failed:
-        review = reviewer({"task_id": task_id, "commit": commit, "parent": parent, "repository": repository})
-        checks.append({"check": "review", "ok": review["ok"] or config.review == "advisory",
-                       "detail": review["summary"], "advisory": config.review == "advisory"})
-        record_check(store, project, task_id, "review", commit, review["ok"], review["summary"], review, started)
+    if config.review != "off" and not failed:
+        checks.append(_llm_review(store, config, spec, repository, commit, parent, endpoint, started))
         failed = [c for c in checks if not c["ok"]]
     summary = ("; ".join(f"{c['check']}: {c['detail']}" for c in failed) if failed
                else f"{len(checks)} checks passed on {commit[:12]}")
@@ -325,6 +331,33 @@ def verify(store: Store, config: ProjectConfig, task_id: str, run_id: str | None
     store.transition(project, task_id, SpecState.VERIFIED, expect_state=SpecState.COMPLETED, run_id=run_id,
                      detail={"commit": commit})
     return Verdict(task_id, True, SpecState.VERIFIED.value, summary, checks)
+
+
+def _llm_review(store: Store, config: ProjectConfig, spec, repository: str, commit: str, parent: str,
+                endpoint: llmreview.Endpoint | None, started: float) -> dict:
+    """One LLM review as a check; advisory verdicts never fail it, required ones do."""
+    required = config.review == "required"
+    if endpoint is None:
+        if required:
+            raise LandingError(f"project {config.name} requires an LLM review, but the inventory sets no "
+                               "specfleet_review_endpoint")
+        return {"check": "review", "ok": True, "detail": "skipped: no specfleet_review_endpoint", "advisory": True}
+    front, body = store.revision_text(config.name, spec.task_id, spec.revision) or ({}, "")
+    spec_text = "\n".join(f"{k}: {json.dumps(v, ensure_ascii=False)}" for k, v in front.items()) + "\n\n" + body
+    diff = git(repository, "diff", parent, commit)
+    try:
+        verdict = llmreview.review(endpoint, spec_text, diff)
+    except llmreview.ReviewUnavailable as exc:
+        record_check(store, config.name, spec.task_id, "review", commit, False, f"unavailable: {exc}",
+                     {"verdict": "unavailable"}, started)
+        if required:
+            raise LandingError(f"{spec.task_id}: the required LLM review is unavailable ({exc}); the spec stays "
+                               "completed and is verified again by the next merge.yml or dispatch run") from None
+        return {"check": "review", "ok": True, "detail": f"unavailable: {exc}", "advisory": True}
+    record_check(store, config.name, spec.task_id, "review", commit, verdict["ok"], verdict["summary"], verdict,
+                 started)
+    return {"check": "review", "ok": verdict["ok"] or not required, "detail": verdict["summary"],
+            "advisory": not required, "output": "\n".join(verdict["reasons"])}
 
 
 # -- the merge queue ----------------------------------------------------------------------------------
@@ -426,6 +459,7 @@ class MergeQueue:
         with self.store.transaction() as db:
             for batch in db.execute("SELECT * FROM batches WHERE project = ? AND status = 'testing'", (self.project,)):
                 db.execute("UPDATE batches SET status = 'abandoned', ended_at = ? WHERE id = ?", (now(), batch["id"]))
+        started = now()
         for task_id in self.candidates()[0]:
             commit = latest_commit(self.store, self.project, task_id)
             if commit and is_ancestor(self.repository, commit, start):
@@ -433,6 +467,10 @@ class MergeQueue:
                             start).strip() or start
                 self._record_merged(task_id, commit, merge, start, None)
                 result.resumed.append(task_id)
+        if result.resumed:  # integration only ever moves to a tested commit: record it as one
+            record_check(self.store, self.project, None, "batch", start, True,
+                         f"resumed: {len(result.resumed)} merges found on the tested tip", {"members": result.resumed},
+                         started)
 
     def _record_merged(self, task_id: str, commit: str, merge: str, tested: str, batch_id: int | None) -> None:
         with self.store.transaction() as db:
