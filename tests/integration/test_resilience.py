@@ -302,9 +302,10 @@ def test_gas_town_3584_a_stopped_heartbeat_is_read_and_the_wedged_run_killed_and
                            "W3": {"modifies": ["pkg/w3.py"], "verify": "test -s pkg/w3.py", "retries": 0}},
                  {"W1#1": [{"write": {"pkg/w1.py": "A = 1\n"}, "wedge_runner": True}],
                   "W1": [{"write": {"pkg/w1.py": "A = 2\n"}}], "W2": [{"write": {"pkg/w2.py": "B = 1\n"}}],
+                  "W3#1": [{"write": {"pkg/w3.py": "C = 1\n"}, "wedge_runner": True}],
                   "W3": [{"stdout": "Done, nothing to change."}]})
     code, output = site.run("wedge")
-    assert code == 2, output[-4000:]  # W3 failed (empty diff): the report says so
+    assert code == 2, output[-4000:]  # W3 stalled, then failed (empty diff): the report says so
     assert site.states("wedge") == {"W1": "merged", "W2": "merged", "W3": "failed"}
     db = site.db()
     first, second = db.execute("SELECT * FROM attempts WHERE task_id = 'W1' ORDER BY number").fetchall()
@@ -318,8 +319,9 @@ def test_gas_town_3584_a_stopped_heartbeat_is_read_and_the_wedged_run_killed_and
     pid = int((run_dir / "runner_pid").read_text())
     assert not Path(f"/proc/{pid}").exists() or " Z " in Path(f"/proc/{pid}/stat").read_text()
     assert site.held() == {"slot_leases": 0, "path_locks": 0, "leftovers": 0}
-    # Cleanup keeps W3's attempt (its work never came back and W3 is not merged) and removes
-    # the rest: W1 is merged, so even its stalled first attempt may go.
+    # Cleanup keeps W3's stalled attempt (its work never came back and W3 is not merged) and
+    # removes the rest: W1 is merged, so even its stalled first attempt may go; W3's second
+    # attempt's patch is among the controller's artifacts.
     w3 = next(Path(site.cluster.root).glob("nodes/*/work/runs/wedge/W3/1-*"))
     cleaned = subprocess.run([str(VENV_BIN / "ansible-playbook"), "playbooks/cleanup.yml", "-e", "project=wedge",
                               "-e", "older_than=0"], cwd=REPO_ROOT, env=site.env, capture_output=True, text=True,
