@@ -249,7 +249,8 @@ def test_a_node_cut_off_mid_run_and_back_is_quarantined_harvested_and_readmitted
     db = site.db()
     cut = {r["task_id"] for r in db.execute("SELECT task_id FROM attempts WHERE node = 'node-3' AND kind = 'infra'")}
     assert cut and site.events("node_quarantined")
-    assert {e["task_id"] for e in site.events("leftover_recorded")} == cut
+    # (A start that failed on a healthy node is a leftover there too, adopted later in the run.)
+    assert {e["task_id"] for e in site.events("leftover_recorded") if e["detail"]["node"] == "node-3"} == cut
     assert site.held()["leftovers"] == len(cut)  # their jobs may still run there: slots kept
     # Back: the next dispatch re-admits the node and settles what was left there.
     code, second = site.run("cut")

@@ -195,6 +195,18 @@ def test_bundle_sends_only_what_the_mirror_lacks(tmp_path, repo):
                                                 capture_output=True, text=True).stdout)[1] is True
 
 
+def test_concurrent_first_starts_on_a_node_never_read_a_half_made_mirror(tmp_path):
+    # Several specs start on a fresh node at once: one creates the mirror, the others wait for it.
+    for round_ in range(5):
+        mirror = str(tmp_path / f"m{round_}" / "p.git")
+        probes = [subprocess.Popen(["sh", "-c", workspace.mirror_probe_script(mirror, str(tmp_path / f"r{round_}-{i}"))],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(8)]
+        for probe in probes:
+            out, err = probe.communicate(timeout=60)
+            assert probe.returncode == 0 and "TIPS" in out, err
+        assert Path(mirror, "specfleet.ready").exists()
+
+
 def test_a_dependency_not_merged_into_integration_is_named(repo):
     with pytest.raises(workspace.GitError, match="dependencies not merged into main: S00"):
         workspace.resolve_start(str(repo), False, "p", "main", ["S00"])

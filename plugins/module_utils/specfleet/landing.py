@@ -81,6 +81,7 @@ def run_command(command: str, cwd: Path, timeout: float) -> CommandResult:
     """``bash -c command`` in ``cwd`` in its own process group; the whole group dies on timeout."""
     started = time.monotonic()
     env = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
     process = subprocess.Popen(["bash", "-c", command], cwd=cwd, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
     try:

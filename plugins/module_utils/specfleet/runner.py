@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -476,7 +477,14 @@ class Attempt:
 
     def verify(self, round_no: int) -> tuple[int, str, bool]:
         self.save(phase=f"verify round {round_no}")
-        env = dict(os.environ, CI="1", SPECFLEET_WORKSPACE=self.workspace)
+        # Python caches bytecode by source mtime in whole seconds and size: a file the agent
+        # rewrote within the second, same length (a - b -> b + a), would run the old code.
+        for folder, dirs, _files in os.walk(self.workspace):
+            dirs[:] = [d for d in dirs if d != ".git"]
+            if "__pycache__" in dirs:
+                shutil.rmtree(os.path.join(folder, "__pycache__"), ignore_errors=True)
+                dirs.remove("__pycache__")
+        env = dict(os.environ, CI="1", SPECFLEET_WORKSPACE=self.workspace, PYTHONDONTWRITEBYTECODE="1")
         return self.run_process(["/bin/sh", "-c", self.job["verify"]], f"round-{round_no}.verify.log",
                                 self.budget(float(self.job.get("verify_timeout_s", 1200))), env=env)
 

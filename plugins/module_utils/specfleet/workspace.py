@@ -148,9 +148,11 @@ def mirror_probe_script(mirror: str, run: str) -> str:
         'echo "HOME=$HOME"\n'
         f"mkdir -p {r} \"$(dirname {m})\"\n"
         f"[ -e {r}/wrapper_pid ] && echo ATTACHED\n"
-        f"if [ ! -e {m}/HEAD ]; then flock {m}.lock sh -c 'test -e \"$1/HEAD\" || "
+        # The marker is written last, under the lock: a mirror another start is still
+        # creating (HEAD there, refs not yet) is waited for, never read half-made.
+        f"if [ ! -e {m}/specfleet.ready ]; then flock {m}.lock sh -c 'test -e \"$1/specfleet.ready\" || "
         "{ git init -q --bare \"$1\" && git --git-dir \"$1\" config gc.auto 0 && "
-        "git --git-dir \"$1\" config gc.pruneExpire never; }' _ " + m + "; fi\n"
+        "git --git-dir \"$1\" config gc.pruneExpire never && touch \"$1/specfleet.ready\"; }' _ " + m + "; fi\n"
         f"echo TIPS; git --git-dir {m} for-each-ref --format='%(objectname)'\n"
     )
 
