@@ -90,6 +90,13 @@ options:
         than its stall limit, so keep that limit several heartbeats long.
     type: int
     default: 10
+  leftover:
+    description:
+      - With O(state=collected), the attempt is a dead run's job that C(playbooks/collect.yml) collects.
+        The spec moves on here (C(completed), or a spec failure that uses an attempt) and a failed
+        attempt is a result, not a failed task.
+    type: bool
+    default: false
   python:
     description: Python 3 on the node that runs the runner.
     type: str

@@ -72,4 +72,14 @@ killed:
   returned: always
   type: list
   elements: str
+finished:
+  description: Kept leftovers whose job has finished (what C(playbooks/collect.yml) collects).
+  returned: always
+  type: list
+  elements: dict
+running:
+  description: Kept leftovers whose job still runs (the next dispatch attaches to them).
+  returned: always
+  type: list
+  elements: dict
 """

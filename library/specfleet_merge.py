@@ -14,7 +14,7 @@ description:
     C(specfleet/<project>/integration) in a throw-away clone and runs the project's
     C(test_command) (else the batch's verify commands) on the result.
   - The integration branch moves (compare-and-swap) only to a commit whose test passed. A failing
-    batch is tested once more (flaky tests), then bisected: halves are tested on the latest good
+    batch is tested once more (flaky tests), then bisected - halves are tested on the latest good
     tip until the culprits are known; the others land.
   - A branch that does not merge cleanly becomes C(conflict) with its files and, like a culprit,
     goes back to the queue with the failure as feedback (an attempt is used; the next attempt
@@ -22,7 +22,7 @@ description:
   - One queue per project runs at a time (a lock file under C($SPECFLEET_HOME/locks)). A queue
     killed midway leaves integration at a tested commit; the next run recognises specs whose
     merge already landed.
-  - With C(promote: auto) in project.yml the base branch is fast-forwarded to the tested tip.
+  - With C(promote=auto) in project.yml the base branch is fast-forwarded to the tested tip.
 options:
   project:
     description: Name of the project.

@@ -7,12 +7,12 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 ---
 module: specfleet_report
-short_description: Say where every spec of a dispatch run ended; fail unless all completed
+short_description: Say where every spec of a dispatch run ended; fail unless all are done
 description:
   - Reads the state store and reports, for the specs a dispatch run took on, how many ended in
     each state and, for every spec that did not complete, its state and reason (for example
-    C(S03 blocked: dependency S02 failed)).
-  - Fails when any of them did not complete, so C(dispatch.yml) exits non-zero.
+    C(S03 blocked, dependency S02 failed)).
+  - Fails when any of them did not reach O(done), so C(dispatch.yml) exits non-zero.
 options:
   project:
     description: Project name.
@@ -45,9 +45,17 @@ author:
   - specfleet contributors
 """
 
+EXAMPLES = r"""
+- name: Where every spec of this run ended
+  specfleet_report:
+    project: clawmarketing
+    run_id: "{{ specfleet_fed.run_id }}"
+    task_ids: "{{ specfleet_fed.runnable | map(attribute='task_id') }}"
+"""
+
 RETURN = r"""
 summary:
-  description: One line, e.g. C(demo: 8 specs in this run: 1 blocked, 6 completed, 1 failed).
+  description: "One line, e.g. C(demo: 8 specs in this run: 1 blocked, 6 merged, 1 failed)."
   type: str
   returned: always
 by_state:

@@ -9,7 +9,7 @@ DOCUMENTATION = r"""
 module: specfleet_review
 short_description: The review queue - list, approve (promote) or reject merged specs
 description:
-  - Lists the specs merged on C(specfleet/<project>/integration) but not yet on the base branch:
+  - Lists the specs merged on C(specfleet/<project>/integration) but not yet on the base branch, with
     diff stat, controller verification, LLM review verdict, attempts and hours from first attempt
     to merge.
   - O(approve) fast-forwards the base branch to the newest tested integration commit that holds

@@ -47,3 +47,24 @@ notes:
 author:
   - specfleet contributors
 """
+
+EXAMPLES = r"""
+- name: Drain the project's dispatch runs and wait for them to end
+  specfleet_stop:
+    project: clawmarketing
+    mode: drain
+    wait: true
+"""
+
+RETURN = r"""
+runs:
+  description: The live dispatch runs of the project and the stop recorded on each.
+  returned: always
+  type: list
+  elements: dict
+jobs:
+  description: With C(mode=cancel), the running jobs (node, task id, run id, attempt) to kill.
+  returned: always
+  type: list
+  elements: dict
+"""

@@ -13,7 +13,7 @@ description:
     project's repository (the user's working tree is never used) and runs the spec's C(verify)
     command, the gates (diff, stubs, scope, tests_kept, tests_ran) on the commit's own diff, and
     the project's C(test_command).
-  - All pass -> C(verified) (ready for M(specfleet_merge)). Any failure is a spec failure: an
+  - All pass to C(verified) (ready for M(specfleet_merge)). Any failure is a spec failure - an
     attempt is used, the spec is queued again (or C(failed) after its last attempt, its dependents
     C(blocked)), and the failing output becomes the next attempt's feedback.
   - Every result is stored in the C(checks) table with the commands' output tails.

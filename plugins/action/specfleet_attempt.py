@@ -45,6 +45,7 @@ ARGUMENT_SPEC = {
     "python": {"type": "str", "default": "python3"},
     "executor": {"type": "str"},
     "heartbeat": {"type": "int", "default": 10},
+    "leftover": {"type": "bool", "default": False},
 }
 FINALIZE = '{python} ./runner.py finalize "$PWD" "$rc" >> runner-finalize.log 2>&1; rm -f secrets.json'
 
@@ -169,8 +170,10 @@ class ActionModule(ActionBase):
         attempts.scrub(folder, secrets)
         outcome = attempts.collect(db=args["db"], specs_root=args["specs_root"], project=args["project"],
                                    task_id=args["task_id"], attempt=args["attempt"], run_id=args["run_id"],
-                                   folder=folder)
+                                   folder=folder, leftover=args["leftover"])
         result.update(outcome, changed=outcome["ok"])
+        if args["leftover"]:  # collect.yml: a failed attempt is a result here, not a failed task
+            return result
         if not outcome["ok"]:
             result["failed"] = True
         return result

@@ -39,9 +39,10 @@ class ActionModule(ControllerAction):
 
     def _harvest(self, result: dict, args: dict, book: LeaseBook) -> dict:
         if not self._task.check_mode:
+            book.expire()  # dead runs' jobs become leftovers (collect.yml has no run that did it)
             book.node_healthy(args["node"], seen=True)  # it answered: a quarantined node is re-admitted
         rows = book.leftovers(args["node"])
-        result.update(changed=False, kept=[], settled=[], killed=[])
+        result.update(changed=False, kept=[], settled=[], killed=[], finished=[], running=[])
         if not rows:
             return dict(result, msg="no jobs left here by earlier runs")
         runs = {row["attempt_id"]: jobs.run_dir(args["root"], row["project"], row["task_id"], row["attempt"],
@@ -63,5 +64,10 @@ class ActionModule(ControllerAction):
                 result["killed"].append(names[attempt_id])
                 result["changed"] = True
             (result["kept"] if decision == "keep" else result["settled"]).append(names[attempt_id])
+            if decision == "keep":
+                row = next(r for r in rows if r["attempt_id"] == attempt_id)
+                job = found.get(str(attempt_id), "").strip()
+                result["finished" if job == "finished" else "running"].append(
+                    {k: row[k] for k in ("project", "task_id", "attempt", "job_run")})
         return dict(result, msg=f"{len(result['kept'])} kept for adoption, {len(result['settled'])} settled"
                                 f" ({len(result['killed'])} still running and killed)")

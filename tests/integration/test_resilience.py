@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import sqlite3
 import subprocess
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO_ROOT, make_repo, spec_text
+from tests.conftest import REPO_ROOT, git, make_repo, spec_text
 from tests.integration.conftest import GROUP_VARS, VENV_BIN, controller_env
 from tools.localcluster import LocalCluster, NodeSpec, descendants, free_port, proc_of
 
@@ -332,3 +333,44 @@ def test_gas_town_3584_a_stopped_heartbeat_is_read_and_the_wedged_run_killed_and
     assert not run_dir.exists()
     assert not list(Path(site.cluster.root).glob(f"nodes/*/work/runs/wedge/W1/2-{second['run_id']}"))
     assert not list(Path(site.cluster.root).glob("nodes/*/work/workspaces/wedge/W2/*"))
+
+
+def test_collect_playbook_brings_back_what_a_killed_controller_left_finished_and_starts_nothing(cluster, tmp_path):
+    rng = random.Random(SEED + 3)
+    site = Site(cluster, tmp_path)
+    specs = {f"L{i}": {"modifies": [f"pkg/l{i}.py"], "verify": f"test -s pkg/l{i}.py"} for i in range(4)}
+    site.project("left", specs, writes(specs, rng, 3.0, 4.0))
+    process = site.start("left")
+    deadline = time.monotonic() + 120
+    while len(site.ran("left")) < len(specs):
+        assert time.monotonic() < deadline and process.poll() is None, "the agents did not all start"
+        time.sleep(0.1)
+    kill_controller(process, str(site.vars))
+    finished = lambda: list(Path(site.cluster.root).glob("nodes/*/work/runs/left/*/*/exit_code"))  # noqa: E731
+    while len(finished()) < len(specs):
+        assert time.monotonic() < deadline, "the jobs did not finish on their nodes"
+        time.sleep(0.2)
+
+    def collect() -> str:
+        run = subprocess.run([str(VENV_BIN / "ansible-playbook"), "playbooks/collect.yml", "-e", "project=left",
+                              "-e", f"@{site.vars}"], cwd=REPO_ROOT, env=site.env, capture_output=True, text=True,
+                             timeout=300)
+        assert run.returncode == 0, run.stdout[-3000:]
+        return run.stdout
+
+    first = collect()
+    assert site.states("left") == {t: "completed" for t in specs}, first[-3000:]
+    assert len(site.events("leftover_collected")) == len(specs)
+    assert site.held() == {"slot_leases": 0, "path_locks": 0, "leftovers": 0}
+    repo = site.root / "repo-left"
+    for task in specs:
+        assert f"VALUE = {task!r}" in git(repo, "show", f"specfleet/left/{task}:pkg/{task.lower()}.py")
+    # Idempotent, and nothing was started: one agent per spec, ever.
+    again = collect()
+    assert len(site.events("leftover_collected")) == len(specs) and not re.search(r"changed=[1-9]", again)
+    assert set(site.ran("left").values()) == {1} and len(site.ran("left")) == len(specs)
+    merged = subprocess.run([str(VENV_BIN / "ansible-playbook"), "playbooks/merge.yml", "-e", "project=left",
+                             "-e", f"@{site.vars}"], cwd=REPO_ROOT, env=site.env, capture_output=True, text=True,
+                            timeout=300)
+    assert merged.returncode == 0, merged.stdout[-3000:]
+    assert site.states("left") == {t: "merged" for t in specs}

@@ -25,6 +25,7 @@ from . import jobs, workspace
 from . import prompt as prompt_builder
 from .controller import REPO_ROOT, resolve_db, resolve_specs_root
 from .durations import parse_duration
+from .leases import LeaseBook
 from .project import ProjectConfig, load_project
 from .runner import Redactor
 from .spec import parse_sections
@@ -219,8 +220,12 @@ def scrub(folder: Path, secrets: list[str]) -> None:
 
 
 def collect(*, db: str | None, specs_root: str | None, project: str, task_id: str, attempt: int, run_id: str,
-            folder: Path) -> dict:
-    """Import the result in ``folder`` (the run directory's files); -> ``{"ok", "msg", ...}``."""
+            folder: Path, leftover: bool = False) -> dict:
+    """Import the result in ``folder`` (the run directory's files); -> ``{"ok", "msg", ...}``.
+
+    ``leftover``: the attempt is a dead run's job collected by ``collect.yml``; the spec moves
+    on here (``completed``, or a spec failure), and ``state`` says where it went.
+    """
     config = load_config(project, specs_root)
     status_path = folder / "status.json"
     try:
@@ -263,6 +268,12 @@ def collect(*, db: str | None, specs_root: str | None, project: str, task_id: st
                              result={k: outcome[k] for k in ("ok", "state", "phase", "msg", "files_changed")})
         if not outcome["ok"]:
             store.add_lesson(project, task_id, attempt, "failure", _lesson(outcome["msg"], rounds))
+        if leftover:
+            row = store.db.execute("SELECT id FROM attempts WHERE project = ? AND task_id = ? AND number = ?",
+                                   (project, task_id, attempt)).fetchone()
+            state = LeaseBook(store).collect_leftover(row["id"], outcome["ok"], None if outcome["ok"] else
+                                                      outcome["msg"]) if row else None
+            outcome["state"] = state.value if state else "unchanged: a dispatch run adopted it meanwhile"
     return outcome
 
 

@@ -457,6 +457,33 @@ class LeaseBook:
                            "spec": row["state"], "superseded": moved_on})
             return "settled"
 
+    def collect_leftover(self, attempt_id: int, succeeded: bool, reason: str | None = None) -> SpecState | None:
+        """A leftover's finished job was collected without a dispatch run (``collect.yml``).
+
+        The attempt ends as it really did: success -> the spec is ``completed`` (ready for
+        verify and merge), a spec failure uses an attempt. None when the leftover is gone or
+        its spec moved on meanwhile (a dispatch adopted it): nothing changes then.
+        """
+        with self.store.transaction() as db:
+            row = db.execute("SELECT l.*, s.state FROM leftovers l JOIN specs s ON s.project = l.project AND"
+                             " s.task_id = l.task_id WHERE l.attempt_id = ?", (attempt_id,)).fetchone()
+            if row is None or row["state"] != SpecState.QUEUED.value:
+                return None
+            key = (row["project"], row["task_id"])
+            db.execute("DELETE FROM leftovers WHERE attempt_id = ?", (attempt_id,))
+            db.execute("DELETE FROM path_locks WHERE leftover = ?", (attempt_id,))
+            db.execute("UPDATE attempts SET ended_at = ?, outcome = ?, reason = ?, kind = 'spec', adopted_by = ?"
+                       " WHERE id = ?", (now(), "succeeded" if succeeded else "spec_failure", reason, self.run_id,
+                                         attempt_id))
+            detail = {"node": row["node"], "attempt_id": attempt_id, "job_run": row["job_run"], "ok": succeeded}
+            _event(db, "leftover_collected", *key, self.run_id, detail=detail)
+            if succeeded:
+                self.store._transition(db, *key, SpecState.RUNNING, reason=None, run_id=self.run_id, detail=detail)
+                self.store._transition(db, *key, SpecState.COMPLETED, reason=None, run_id=self.run_id, detail=detail)
+                return SpecState.COMPLETED
+            state, _blocked = self.store._spec_failed(db, *key, reason or "attempt failed", self.run_id)
+            return state
+
     # -- the end of an attempt ------------------------------------------------------------
 
     def finish(self, grant: Grant, succeeded: bool, reason: str | None = None, infrastructure: bool = False,
