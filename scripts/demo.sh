@@ -10,7 +10,9 @@ keep=0
 [ "${1:-}" = "--keep" ] && keep=1
 
 export PATH="$PWD/.venv/bin:$PATH"
-python tools/example_repo.py >/dev/null
+# The demo starts over each time: a fresh example repository (no integration branch from
+# an earlier demo) to go with the fresh demo database below.
+python tools/example_repo.py --force >/dev/null
 python tools/localcluster.py up --inventory inventory/local/hosts.yml
 if [ "$keep" -eq 0 ]; then
     trap 'python tools/localcluster.py down >/dev/null' EXIT
@@ -32,4 +34,6 @@ repo="$home/repos/clawmarketing"
 echo
 echo "Results: branches specfleet/clawmarketing/<task id> in $repo"
 git -C "$repo" for-each-ref --format='  %(refname:short) %(objectname:short) %(subject)' 'refs/heads/specfleet/'
+echo "Merged and tested on specfleet/clawmarketing/integration; main waits for your review:"
+echo "  SPECFLEET_DB=$SPECFLEET_DB ansible-playbook playbooks/review.yml -e project=clawmarketing [-e approve=all]"
 echo "Logs, prompts, patches and status of every attempt: $home/artifacts/clawmarketing/"
