@@ -27,12 +27,13 @@ class ActionModule(LandingAction):
 
     def act(self, result, args, task_vars, db):
         config = self.project_config(args, task_vars)
+        where = self.where(task_vars, config.name)
         with Store(db) as store:
             if self._task.check_mode:
                 ready, waiting = landing.MergeQueue(store, config).candidates()
                 return dict(result, changed=False, ready=ready, waiting=waiting,
                             msg=f"check mode: {len(ready)} branches would enter the merge queue")
-            done = landing.merge_queue(store, config, run_id=args["run_id"])
+            done = landing.merge_queue(store, config, run_id=args["run_id"], where=where)
             mine = store.spec(config.name, args["task_id"]) if args["task_id"] else None
         result.update(done.as_dict(), changed=bool(done.merged or done.resumed or done.conflicts or done.broken))
         lines = [f"{config.name}: {len(done.merged)} merged into {landing.integration_branch(config.name)} in "

@@ -28,12 +28,13 @@ class ActionModule(LandingAction):
 
     def act(self, result, args, task_vars, db):
         config = self.project_config(args, task_vars)
+        where = self.where(task_vars, config.name)
         if args["approve"] and args["reject"]:
             return dict(result, failed=True, msg="approve or reject, not both in one run")
         with Store(db) as store:
             lines = []
             if args["reject"] and not self._task.check_mode:
-                done = landing.reject(store, config, args["reject"], args["reason"])
+                done = landing.reject(store, config, args["reject"], args["reason"], where=where)
                 result.update(changed=True, reverted=done["reverted"])
                 lines.append(done["msg"])
             if args["approve"] and not self._task.check_mode:

@@ -28,6 +28,7 @@ class ActionModule(LandingAction):
 
     def act(self, result, args, task_vars, db):
         config = self.project_config(args, task_vars)
+        where = self.where(task_vars, config.name)
         endpoint = None
         if config.review != "off":
             try:
@@ -39,7 +40,8 @@ class ActionModule(LandingAction):
             names = args["tasks"] or [r.task_id for r in store.specs(config.name, states=[SpecState.COMPLETED])]
             if self._task.check_mode:
                 return dict(result, changed=False, would_verify=names, msg=f"check mode: would verify {len(names)} specs")
-            verdicts = [landing.verify(store, config, name, run_id=args["run_id"], endpoint=endpoint) for name in names]
+            verdicts = [landing.verify(store, config, name, run_id=args["run_id"], endpoint=endpoint,
+                                       where=where) for name in names]
         failed = [v for v in verdicts if not v.ok]
         result.update(changed=bool(verdicts), verified=[v.task_id for v in verdicts if v.ok],
                       sent_back={v.task_id: v.state for v in failed},

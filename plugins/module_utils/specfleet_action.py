@@ -51,7 +51,14 @@ class ControllerAction(ActionBase):
 
 
 class LandingAction(ControllerAction):
-    """Base of the verify, merge and review actions: the project's settings and repository."""
+    """Base of the verify, merge and review actions: the project's settings and repository.
+
+    They run the project's commands where ``specfleet_verify_on`` says (a node of the
+    inventory; default the controller); their tasks are delegated to that host, so the
+    connection is the node's.
+    """
+
+    _requires_connection = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -65,3 +72,20 @@ class LandingAction(ControllerAction):
             return load_config(args["project"], args.get("specs_root") or task_vars.get("specfleet_specs_root"))
         except AttemptError as exc:
             raise StoreError(f"project {args['project']}: {exc}") from exc
+
+    def where(self, task_vars: dict, project: str):
+        """Where the project's commands run: the controller, or the node ``specfleet_verify_on`` names."""
+        from specfleet.landing import OnController, OnNode
+        node = task_vars.get("specfleet_verify_on")
+        if not node:
+            return OnController()
+        node = str(self._templar.template(node))
+        nodes = (task_vars.get("groups") or {}).get("specfleet_nodes") or []
+        if node not in nodes:
+            raise StoreError(f"specfleet_verify_on: {node!r} is not a host of the inventory group specfleet_nodes")
+        if self._task.delegate_to != node and str(self._templar.template(self._task.delegate_to or "")) != node:
+            raise StoreError(f"specfleet_verify_on is {node}, but the task runs on "
+                             f"{self._task.delegate_to or 'its own host'}: delegate it to the node")
+        root = task_vars["hostvars"][node].get("specfleet_work_root") or "~/specfleet"
+        return OnNode(node, str(self._templar.template(root)), project, self._shell,
+                      lambda local, remote: self._transfer_file(local, remote))

@@ -358,3 +358,30 @@ def test_killing_the_ssh_connection_mid_run_loses_nothing(cluster, tmp_path):
     # The agent ran once: the job was not started twice.
     assert (Path(status["workspace"]) / ".git" / "fake-agent-calls").read_text() == "1"
     assert "SLOW = 1" in git(site.repos["dropped"], "show", "specfleet/dropped/s-slow:feature/slow.py")
+
+
+def test_verify_and_merge_tests_run_on_the_node_named_by_specfleet_verify_on(cluster, tmp_path):
+    site = Site(cluster, tmp_path)
+    site.project("onnode", {"v-one": {"modifies": ["feature/v.py"]}},
+                 {"v-one": [{"write": {"feature/v.py": "V = 1\n"}}]})
+    (site.specs / "onnode" / "project.yml").write_text(
+        f"repository: {site.repos['onnode']}\nverify: python3 -m pytest -q\n"
+        "test_command: 'echo \"tests-ran-in=$HOME\" && python3 -m pytest -q'\n")
+    run = subprocess.run([str(VENV_BIN / "ansible-playbook"), "dispatch.yml", "-e", "project=onnode",
+                          "-e", f"@{site.vars}", "-e", "specfleet_verify_on=node-2"], cwd=REPO_ROOT, env=site.env,
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:]
+    assert site.specs_of("onnode")["v-one"]["state"] == "merged"
+    check = site.db().execute("SELECT detail_json FROM checks WHERE kind = 'verify'").fetchone()
+    tests = next(c for c in json.loads(check["detail_json"])["checks"] if c["check"] == "tests")
+    node_home = cluster.root / "nodes" / "node-2" / "home"
+    assert tests["detail"].endswith("passed on node-2") and f"tests-ran-in={node_home}" in tests["output"]
+    # The node's mirror received the commit it tested; nothing is left in its temp space.
+    mirror = cluster.root / "nodes" / "node-2" / "work" / "mirrors" / "onnode.git"
+    commit = site.attempts("onnode", "v-one")[-1]["commit_sha"]
+    assert subprocess.run(["git", "--git-dir", str(mirror), "cat-file", "-e", commit]).returncode == 0
+    # A name that is not a node is refused with the reason.
+    bad = subprocess.run([str(VENV_BIN / "ansible-playbook"), "playbooks/merge.yml", "-e", "project=onnode",
+                          "-e", f"@{site.vars}", "-e", "specfleet_verify_on=node-9"], cwd=REPO_ROOT, env=site.env,
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "node-9" in bad.stdout

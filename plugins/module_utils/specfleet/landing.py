@@ -31,6 +31,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -44,12 +45,23 @@ from pathlib import Path
 from . import llmreview
 from .durations import parse_duration
 from .graph import SpecGraph
+from .jobs import shell_path
 from .project import ProjectConfig
 from .runner import added_lines, parse_name_status, run_gates, tail
 from .settings import specfleet_home
 from .states import SpecState
 from .store import Store, StoreError, _event, now
-from .workspace import git, integration_branch
+from .workspace import (
+    Start,
+    bundle_for_node,
+    git,
+    integration_branch,
+    mirror_dir,
+    mirror_fetch_script,
+    mirror_probe_script,
+    on_node,
+    parse_probe,
+)
 
 OUTPUT_TAIL = 4000
 
@@ -232,6 +244,71 @@ def queue_lock(project: str, wait: float = 3600) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+# -- where the project's commands run -----------------------------------------------------------
+
+class OnController:
+    """Run the project's commands in the scratch clone on the controller (the default)."""
+
+    name = "controller"
+
+    def run(self, work: Scratch, commit: str, command: str, timeout: float) -> CommandResult:
+        work.checkout(commit)
+        return run_command(command, work.path, timeout)
+
+
+class OnNode:
+    """Run them on a worker node (``specfleet_verify_on``), in a throw-away clone of its mirror.
+
+    ``shell(script) -> {"rc", "stdout", "stderr"}`` runs a script there and
+    ``put(local, remote)`` copies a file there (the action plugin's SSH connection); the
+    commit travels as a git bundle holding only what the node's mirror lacks.
+    """
+
+    def __init__(self, name: str, root: str, project: str, shell, put):
+        self.name, self.shell, self.put, self.project = name, shell, put, project
+        self.mirror = mirror_dir(root, project)
+        self.inbox = root.rstrip("/") + "/verify"
+
+    def _send(self, work: Scratch, commit: str) -> None:
+        probe = self.shell(mirror_probe_script(self.mirror, self.inbox))
+        if probe["rc"] != 0:
+            raise LandingError(f"{self.name}: could not prepare {self.mirror}: {probe['stderr'].strip()[-300:]}")
+        home, _attached, tips = parse_probe(probe["stdout"])
+        work.git("update-ref", "refs/specfleet/verify", commit)
+        with tempfile.TemporaryDirectory(prefix="specfleet-verify-") as folder:
+            bundle = Path(folder) / "verify.bundle"
+            refs = bundle_for_node(str(work.path), Start("refs/specfleet/verify", commit, []), tips, bundle)
+            if refs:
+                remote = on_node(self.inbox, home) + f"/{commit[:12]}.bundle"
+                self.put(str(bundle), remote)
+                fetched = self.shell(mirror_fetch_script(on_node(self.mirror, home), remote, refs))
+                if fetched["rc"] != 0:
+                    raise LandingError(f"{self.name}: could not fetch {commit[:12]} into {self.mirror}: "
+                                       f"{fetched['stderr'].strip()[-300:]}")
+
+    def run(self, work: Scratch, commit: str, command: str, timeout: float) -> CommandResult:
+        started = time.monotonic()
+        self._send(work, commit)
+        answer = self.shell(node_test_script(self.mirror, commit, command, int(timeout)))
+        rc = answer["rc"]
+        if rc in (97, 98):
+            raise LandingError(f"{self.name}: could not check out {commit[:12]} from {self.mirror}: "
+                               f"{(answer['stderr'] or answer['stdout']).strip()[-300:]}")
+        output = answer["stdout"] + answer["stderr"]
+        return CommandResult(rc == 0, None if rc == 124 else rc, output, time.monotonic() - started)
+
+
+def node_test_script(mirror: str, commit: str, command: str, timeout: int) -> str:
+    """A clean clone of ``commit`` from the node's mirror; run ``command`` there with a bare environment."""
+    m = shell_path(mirror)
+    keep = " ".join(f'{k}="${{{k}:-}}"' for k in ("PATH", "HOME", "USER", "LANG", "TMPDIR"))
+    return (f'd=$(mktemp -d "${{TMPDIR:-/tmp}}/specfleet-verify.XXXXXX") || exit 97\n'
+            'trap \'rm -rf "$d"\' EXIT\n'
+            f'git clone -q --shared --no-checkout {m} "$d" >&2 && git -C "$d" checkout -q --detach {commit} >&2 || exit 98\n'
+            f'cd "$d" && env -i {keep} PYTHONDONTWRITEBYTECODE=1 CI=1 timeout -k 10 {timeout} '
+            f'bash -c {shlex.quote(command)} 2>&1\n')
+
+
 # -- store helpers ----------------------------------------------------------------------------------
 
 def latest_commit(store: Store, project: str, task_id: str) -> str | None:
@@ -276,7 +353,7 @@ class Verdict:
 
 
 def verify(store: Store, config: ProjectConfig, task_id: str, run_id: str | None = None,
-           endpoint: llmreview.Endpoint | None = None) -> Verdict:
+           endpoint: llmreview.Endpoint | None = None, where: OnController | OnNode | None = None) -> Verdict:
     """Re-check a ``completed`` spec on the controller in a clean clone of its commit.
 
     With ``review: advisory|required`` in project.yml, ``endpoint`` (an OpenAI-compatible
@@ -293,6 +370,7 @@ def verify(store: Store, config: ProjectConfig, task_id: str, run_id: str | None
     if commit is None:
         raise LandingError(f"{task_id} is completed but no attempt recorded a commit")
     repository = local_repository(config)
+    where = where or OnController()
     started = now()
     checks: list[dict] = []
     with scratch(repository, project) as work:
@@ -300,8 +378,8 @@ def verify(store: Store, config: ProjectConfig, task_id: str, run_id: str | None
         work.checkout(commit)
         parent = work.git("rev-parse", f"{commit}^1").strip()
         if spec.verify:
-            result = run_command(spec.verify, work.path, parse_duration(config.verify_timeout))
-            checks.append({"check": "verify", "ok": result.ok, "detail": f"{spec.verify}: {result.summary}",
+            result = where.run(work, commit, spec.verify, parse_duration(config.verify_timeout))
+            checks.append({"check": "verify", "ok": result.ok, "detail": f"{spec.verify}: {result.summary} on {where.name}",
                            "seconds": round(result.seconds, 2), "output": tail(result.output, 40, OUTPUT_TAIL)})
             verify_output = result.output
         else:
@@ -312,9 +390,9 @@ def verify(store: Store, config: ProjectConfig, task_id: str, run_id: str | None
                               config.require_tests):
             checks.append({"check": f"gate {gate['gate']}", "ok": gate["ok"], "detail": gate["detail"]})
         if config.test_command:
-            work.checkout(commit)
-            result = run_command(config.test_command, work.path, parse_duration(config.test_timeout))
-            checks.append({"check": "tests", "ok": result.ok, "detail": f"{config.test_command}: {result.summary}",
+            result = where.run(work, commit, config.test_command, parse_duration(config.test_timeout))
+            checks.append({"check": "tests", "ok": result.ok,
+                           "detail": f"{config.test_command}: {result.summary} on {where.name}",
                            "seconds": round(result.seconds, 2), "output": tail(result.output, 40, OUTPUT_TAIL)})
         diff = work.git("diff", "--stat", parent, commit)
     failed = [c for c in checks if not c["ok"]]
@@ -383,8 +461,10 @@ class QueueResult:
 class MergeQueue:
     """The merge queue of one project (call :meth:`run` under :func:`queue_lock`)."""
 
-    def __init__(self, store: Store, config: ProjectConfig, run_id: str | None = None):
+    def __init__(self, store: Store, config: ProjectConfig, run_id: str | None = None,
+                 where: OnController | OnNode | None = None):
         self.store, self.config, self.run_id = store, config, run_id
+        self.where = where or OnController()
         self.project = config.name
         self.repository = local_repository(config)
         self.branch = integration_branch(self.project)
@@ -411,8 +491,7 @@ class MergeQueue:
             command = " && ".join(f"( {v} )" for v in dict.fromkeys(verifies))
         if not command:
             return True, "no test_command and no verify command: merged untested"
-        work.checkout(commit)
-        outcome = run_command(command, work.path, parse_duration(self.config.test_timeout))
+        outcome = self.where.run(work, commit, command, parse_duration(self.config.test_timeout))
         result.test_runs += 1
         return outcome.ok, tail(outcome.output, 40, OUTPUT_TAIL) if not outcome.ok else outcome.summary
 
@@ -563,9 +642,10 @@ class MergeQueue:
         return new_tip if landed else (current or start)
 
 
-def merge_queue(store: Store, config: ProjectConfig, run_id: str | None = None) -> QueueResult:
+def merge_queue(store: Store, config: ProjectConfig, run_id: str | None = None,
+                where: OnController | OnNode | None = None) -> QueueResult:
     with queue_lock(config.name):
-        return MergeQueue(store, config, run_id).run()
+        return MergeQueue(store, config, run_id, where).run()
 
 
 # -- review and promotion --------------------------------------------------------------------------
@@ -655,7 +735,8 @@ def promote(store: Store, config: ProjectConfig, approve: Sequence[str] | None, 
             "msg": f"{base} fast-forwarded to {target[:12]} ({len(covered)} specs)" + (f", pushed to {pushed}" if pushed else "")}
 
 
-def reject(store: Store, config: ProjectConfig, task_id: str, reason: str, run_id: str | None = None) -> dict:
+def reject(store: Store, config: ProjectConfig, task_id: str, reason: str, run_id: str | None = None,
+           where: OnController | OnNode | None = None) -> dict:
     """Revert ``task_id`` (and its merged, unpromoted dependents) from integration; queue them again."""
     if not reason.strip():
         raise LandingError("a rejection needs a reason (it becomes the agent's feedback)")
@@ -675,7 +756,7 @@ def reject(store: Store, config: ProjectConfig, task_id: str, reason: str, run_i
         for victim in sorted(victims, key=lambda t: list(pending).index(t), reverse=True):
             work.git("revert", "--no-edit", "-m", "1", pending[victim]["merge_commit"])
         reverted = work.head()
-        queue = MergeQueue(store, config, run_id)
+        queue = MergeQueue(store, config, run_id, where)
         ok, output = queue._test(work, reverted, [t for t in pending if t not in victims], result)
         record_check(store, config.name, task_id, "revert", reverted, ok,
                      f"revert of {', '.join(victims)} " + ("tested" if ok else "fails the tests"), {"output": output},
