@@ -180,6 +180,22 @@ def test_heartbeats_keep_leases_alive_and_silence_lets_another_run_take_over(pro
         assert late.outcome.late and store.spec("demo", "A").state is SpecState.RUNNING
 
 
+def test_a_branch_collected_after_the_lease_was_taken_over_lands_nothing(projects, store_path):
+    with Store(store_path) as store:
+        feed(projects, store, **{"A.md": spec_text("A")})
+        run = engine(store, ["A"], nodes=[NodeInfo("n", 1)], merge=True)
+        run.step()
+        store.db.execute("UPDATE slot_leases SET expires_at = 0")
+        store.db.execute("UPDATE runs SET heartbeat_at = 0")
+        other = Dispatcher(store, "demo", ["A"], [NodeInfo("n", 1)], clock=Clock())
+        other.open()
+        assert other.step().start
+        assert run.collected("A").late and store.spec("demo", "A").state is SpecState.RUNNING
+        ended = run.finish("A", policy.SUCCEEDED)
+        assert ended.outcome.late and not ended.requeued and run.step().done
+        assert store.spec("demo", "A").state is SpecState.RUNNING  # the other run's, untouched
+
+
 # -- property: a whole run under random durations and failures --------------------------------
 
 @st.composite

@@ -82,6 +82,7 @@ class Dispatcher:
         # Specs whose node part succeeded and which are being verified and merged on the
         # controller: their slot is free, their path locks are kept until they land.
         self.landing: dict[str, Grant] = {}
+        self.late: dict[str, Outcome] = {}  # collected after this run's lease had expired
         # Without a merge stage (plain jobs) a completed dependency lets dependents start.
         self.done_states = DEPENDENCY_MERGED if merge else DEPENDENCY_COMPLETED
         self.stop: str | None = None
@@ -218,11 +219,15 @@ class Dispatcher:
         self.infra_streak.pop(task_id, None)
         outcome = self.book.finish(grant, True, keep_locks=True)
         self.landing[task_id] = grant
+        if outcome.late:  # another run took the spec over: this run lands nothing for it
+            self.late[task_id] = outcome
         return outcome
 
-    def _landed(self, task_id: str, reason: str | None) -> Ended:
+    def _landed(self, task_id: str) -> Ended:
         """The controller part of a collected spec ended; the store says where it went."""
         grant = self.landing.pop(task_id)
+        if task_id in self.late:
+            return Ended(self.late.pop(task_id), False)
         self._due = 0.0
         self.book.release_locks(grant.project, task_id)
         row = self.store.spec(self.project, task_id)
@@ -240,7 +245,7 @@ class Dispatcher:
         state those steps left (merged; queued again with feedback; failed) is kept.
         """
         if task_id in self.landing:
-            return self._landed(task_id, reason)
+            return self._landed(task_id)
         if leftover is None:
             leftover = ending == UNREACHABLE
         if ending not in ENDINGS:
