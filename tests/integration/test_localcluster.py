@@ -218,7 +218,7 @@ def test_each_node_logs_in_with_its_own_home_and_none_of_the_users_rc_files(clus
             capture_output=True, text=True, timeout=30)
         (home / ".bashrc").unlink()
         lines = out.stdout.splitlines()
-        assert f"HOME={home}" in lines and "no-pyenv" in lines, out.stdout + out.stderr
+        assert f"HOME={home}" in lines and "no-pyenv" in lines and "rc-ran-here" in lines, out.stdout + out.stderr
 
 
 # ---------------------------------------------------------------- teardown
