@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import shlex
 import sys
-import tempfile
 from pathlib import Path
 
 from ansible.plugins.action import ActionBase
@@ -113,17 +112,11 @@ class ActionModule(ActionBase):
         on_node = workspace.on_node(run, home)
         mirror_on_node = prepared.job["mirror"]
         if prepared.config.transport == "bundle":
-            with tempfile.TemporaryDirectory(prefix="specfleet-bundle-") as scratch:
-                bundle = Path(scratch) / "sync.bundle"
-                refs = workspace.bundle_for_node(prepared.config.repository, prepared.start, tips, bundle)
-                if refs:
-                    remote_bundle = f"{on_node}/sync.bundle"
-                    self._transfer_file(str(bundle), remote_bundle)
-                    fetched = self._shell(workspace.mirror_fetch_script(mirror_on_node, remote_bundle, refs))
-                    if fetched["rc"] != 0:
-                        return dict(result, failed=True, specfleet_infrastructure=True,
-                                    msg=f"the node could not fetch the bundle into {mirror_on_node}: "
-                                        f"{fetched['stderr'].strip()[-500:]}")
+            try:
+                workspace.send_bundle(prepared.config.repository, prepared.start, tips, mirror_on_node, on_node,
+                                      self._shell, self._transfer_file)
+            except workspace.GitError as exc:
+                return dict(result, failed=True, specfleet_infrastructure=True, msg=str(exc))
         core = Path(_CORE) / "specfleet"
         files = {name: (core / name).read_bytes() for name in attempts.RUNNER_FILES}
         prepared.job["heartbeat_s"] = max(1, args["heartbeat"])
@@ -148,7 +141,6 @@ class ActionModule(ActionBase):
         return dict(result, changed=not attached, attached=attached, executors=[e["name"] for e in prepared.job["executors"]],
                     base=prepared.start.base, base_ref=prepared.start.base_ref, notes=prepared.notes,
                     prompt_left_out=prepared.left_out, workspace=prepared.job["workspace"],
-                    merged_dependencies=[d["task_id"] for d in prepared.start.merge],
                     msg=f"started with {prepared.job['executors'][0]['name']} on {args['node']}")
 
     # -- collected --------------------------------------------------------------------

@@ -220,7 +220,7 @@ def test_a_dependency_not_merged_into_integration_is_named(repo):
         workspace.resolve_start(str(repo), False, "p", "main", ["S00"])
     git(repo, "branch", "-f", "specfleet/p/integration", "specfleet/p/S00")
     start = workspace.resolve_start(str(repo), False, "p", "main", ["S00"])
-    assert start.merge == [] and start.base == git(repo, "rev-parse", "specfleet/p/S00").strip()
+    assert start.refs == {"refs/heads/specfleet/p/integration": git(repo, "rev-parse", "specfleet/p/S00").strip()}
 
 
 # -- a whole attempt on this machine: kill -9 mid-run, then the wrapper's finalize ----------
@@ -238,7 +238,7 @@ def make_run(tmp_path: Path, repo: Path, calls: list[dict], executor_timeout: in
     base = git(repo, "rev-parse", "HEAD").strip()
     (run / "job.json").write_text(json.dumps({
         "project": "p", "task_id": "S01", "attempt": 1, "run_id": "r1", "mirror": str(mirror),
-        "workspace": str(tmp_path / "ws"), "branch": "specfleet/p/S01", "base": base, "merge": [],
+        "workspace": str(tmp_path / "ws"), "branch": "specfleet/p/S01", "base": base,
         "verify": f"{sys.executable} -m pytest -q", "retries": 0, "modifies": ["app.py"],
         "executors": [{"name": "claude", "command": [str(bin_dir / "claude"), "-p"], "timeout_s": executor_timeout,
                        "env": {"FAKE_AGENT_SCENARIO": str(scenario)}, "secret_env": ["TOKEN"]}]}))

@@ -174,7 +174,6 @@ def prepare(*, db: str | None, specs_root: str | None, project: str, task_id: st
         "title": _title(front_matter, spec_text),
         "mirror": workspace.on_node(workspace.mirror_dir(root, project), home), "workspace": work,
         "branch": workspace.spec_branch(project, task_id), "base": start.base, "base_ref": start.base_ref,
-        "merge": [{"task_id": d["task_id"], "commit": d["commit"]} for d in start.merge],
         "verify": row.verify, "verify_timeout_s": parse_duration(config.verify_timeout), "retries": row.retries,
         "modifies": list(row.modifies), "test_paths": list(config.test_paths), "exclude": list(config.exclude),
         "require_tests": bool(config.require_tests), "executors": chain, "attempt_timeout_s": row.timeout_s,

@@ -33,7 +33,6 @@ import json
 import os
 import shlex
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -47,20 +46,21 @@ from .durations import parse_duration
 from .graph import SpecGraph
 from .jobs import shell_path
 from .project import ProjectConfig
-from .runner import added_lines, parse_name_status, run_gates, tail
+from .runner import added_lines, kill_group, parse_name_status, run_gates, tail
 from .settings import specfleet_home
 from .states import SpecState
 from .store import Store, StoreError, _event, now
 from .workspace import (
+    GitError,
     Start,
-    bundle_for_node,
     git,
     integration_branch,
+    is_ancestor,
     mirror_dir,
-    mirror_fetch_script,
     mirror_probe_script,
     on_node,
     parse_probe,
+    send_bundle,
 )
 
 OUTPUT_TAIL = 4000
@@ -100,20 +100,11 @@ def run_command(command: str, cwd: Path, timeout: float) -> CommandResult:
         output, _ = process.communicate(timeout=timeout)
         rc: int | None = process.returncode
     except subprocess.TimeoutExpired:
-        _kill_group(process.pid)
+        kill_group(process.pid, grace=5)
         output, _ = process.communicate()
         rc = None
     text = output.decode("utf-8", "replace")
     return CommandResult(rc == 0, rc, text, time.monotonic() - started)
-
-
-def _kill_group(pgid: int) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(pgid, sig)
-        except ProcessLookupError:
-            return
-        time.sleep(0.5)
 
 
 # -- repositories ---------------------------------------------------------------------------------
@@ -144,11 +135,6 @@ def publish_branch(config: ProjectConfig, repository: str, branch: str, new: str
 def tip(repository: str, branch: str) -> str | None:
     out = git(repository, "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}^{{commit}}", check=False).strip()
     return out or None
-
-
-def is_ancestor(repository: str, older: str, newer: str) -> bool:
-    return subprocess.run(["git", "-C", repository, "merge-base", "--is-ancestor", older, newer],
-                          capture_output=True).returncode == 0
 
 
 def move_branch(repository: str, branch: str, new: str, old: str | None) -> None:
@@ -269,27 +255,23 @@ class OnNode:
         self.mirror = mirror_dir(root, project)
         self.inbox = root.rstrip("/") + "/verify"
 
-    def _send(self, work: Scratch, commit: str) -> None:
-        probe = self.shell(mirror_probe_script(self.mirror, self.inbox))
+    def _send(self, work: Scratch, commit: str, inbox: str) -> None:
+        probe = self.shell(mirror_probe_script(self.mirror, inbox))
         if probe["rc"] != 0:
             raise LandingError(f"{self.name}: could not prepare {self.mirror}: {probe['stderr'].strip()[-300:]}")
         home, _attached, tips = parse_probe(probe["stdout"])
         work.git("update-ref", "refs/specfleet/verify", commit)
-        with tempfile.TemporaryDirectory(prefix="specfleet-verify-") as folder:
-            bundle = Path(folder) / "verify.bundle"
-            refs = bundle_for_node(str(work.path), Start("refs/specfleet/verify", commit, []), tips, bundle)
-            if refs:
-                remote = on_node(self.inbox, home) + f"/{commit[:12]}.bundle"
-                self.put(str(bundle), remote)
-                fetched = self.shell(mirror_fetch_script(on_node(self.mirror, home), remote, refs))
-                if fetched["rc"] != 0:
-                    raise LandingError(f"{self.name}: could not fetch {commit[:12]} into {self.mirror}: "
-                                       f"{fetched['stderr'].strip()[-300:]}")
+        try:
+            send_bundle(str(work.path), Start("refs/specfleet/verify", commit), tips, on_node(self.mirror, home),
+                        on_node(inbox, home), self.shell, self.put)
+        except GitError as exc:
+            raise LandingError(f"{self.name}: {commit[:12]}: {exc}") from None
 
     def run(self, work: Scratch, commit: str, command: str, timeout: float) -> CommandResult:
         started = time.monotonic()
-        self._send(work, commit)
-        answer = self.shell(node_test_script(self.mirror, commit, command, int(timeout)))
+        inbox = f"{self.inbox}/{commit[:12]}-{os.getpid()}"  # one per run: concurrent verifies never share it
+        self._send(work, commit, inbox)
+        answer = self.shell(node_test_script(self.mirror, commit, command, int(timeout), inbox))
         rc = answer["rc"]
         if rc in (97, 98):
             raise LandingError(f"{self.name}: could not check out {commit[:12]} from {self.mirror}: "
@@ -298,13 +280,17 @@ class OnNode:
         return CommandResult(rc == 0, None if rc == 124 else rc, output, time.monotonic() - started)
 
 
-def node_test_script(mirror: str, commit: str, command: str, timeout: int) -> str:
-    """A clean clone of ``commit`` from the node's mirror; run ``command`` there with a bare environment."""
-    m = shell_path(mirror)
+def node_test_script(mirror: str, commit: str, command: str, timeout: int, inbox: str) -> str:
+    """A clean clone of ``commit`` from the node's mirror; run ``command`` there with a bare environment.
+
+    The clone and the (by then empty) ``inbox`` the bundle came through are removed at exit.
+    """
     keep = " ".join(f'{k}="${{{k}:-}}"' for k in ("PATH", "HOME", "USER", "LANG", "TMPDIR"))
-    return (f'd=$(mktemp -d "${{TMPDIR:-/tmp}}/specfleet-verify.XXXXXX") || exit 97\n'
-            'trap \'rm -rf "$d"\' EXIT\n'
-            f'git clone -q --shared --no-checkout {m} "$d" >&2 && git -C "$d" checkout -q --detach {commit} >&2 || exit 98\n'
+    return (f"i={shell_path(inbox)}\n"
+            'd=$(mktemp -d "${TMPDIR:-/tmp}/specfleet-verify.XXXXXX") || exit 97\n'
+            'trap \'rm -rf "$d"; rmdir "$i" 2>/dev/null\' EXIT\n'
+            f'git clone -q --shared --no-checkout {shell_path(mirror)} "$d" >&2 && '
+            f'git -C "$d" checkout -q --detach {commit} >&2 || exit 98\n'
             f'cd "$d" && env -i {keep} PYTHONDONTWRITEBYTECODE=1 CI=1 timeout -k 10 {timeout} '
             f'bash -c {shlex.quote(command)} 2>&1\n')
 
@@ -336,8 +322,7 @@ def send_back(store: Store, project: str, task_id: str, reason: str, feedback: s
             store._transition(db, project, task_id, SpecState.CONFLICT, reason=reason, run_id=run_id,
                               detail={"files": list(conflict_files)})
         state, blocked = store._spec_failed(db, project, task_id, reason, run_id)
-        db.execute("INSERT INTO lessons (project, task_id, attempt, kind, text, created_at) VALUES (?, ?, NULL, ?, ?, ?)",
-                   (project, task_id, "failure", (reason + " | " + feedback)[:1500], now()))
+        store._add_lesson(db, project, task_id, None, "failure", (reason + " | " + feedback)[:1500])
     return state.value + (f" (blocked: {', '.join(blocked)})" if blocked else "")
 
 
@@ -510,19 +495,26 @@ class MergeQueue:
         return work.head(), merges, conflicts
 
     def _land(self, work: Scratch, base: str, members: list[str], commits: dict[str, str], result: QueueResult,
-              first: bool = False) -> tuple[str, dict[str, str], dict[str, str]]:
-        """Land what can land of ``members`` on ``base``; -> (tested tip, merge commits, culprits)."""
+              built: tuple[str, dict[str, str]] | None = None) -> tuple[str, dict[str, str], dict[str, str]]:
+        """Land what can land of ``members`` on ``base``; -> (tested tip, merge commits, culprits).
+
+        ``built``: the whole batch's first build (tip, merge commits), already free of
+        conflicts; its test gets one retry (a flaky test) before the bisection.
+        """
         if not members:
             return base, {}, {}
-        tip_, merges, conflicts = self._build(work, base, members, commits)
+        first = built is not None
+        if built is not None:
+            tip_, merges, conflicts = built[0], built[1], {}
+        else:
+            tip_, merges, conflicts = self._build(work, base, members, commits)
         for task_id, files in conflicts.items():  # only on a rebuild in another order: blame it like a test failure
             result.conflicts.setdefault(task_id, files)
         members = [m for m in members if m in merges]
         ok, output = self._test(work, tip_, members, result)
         if not ok and first:
-            ok, again = self._test(work, tip_, members, result)  # a flaky test gets one more run
+            ok, output = self._test(work, tip_, members, result)  # a flaky test gets one more run
             result.flaky += int(ok)
-            output = output if not ok else again
         if ok:
             return tip_, merges, {}
         if len(members) == 1:
@@ -606,10 +598,11 @@ class MergeQueue:
             _event(db, "batch_started", self.project, run_id=self.run_id,
                    detail={"batch": batch_id, "members": members, "base": start})
         runs_before = result.test_runs
-        # Textual conflicts are found on the first build and leave the batch at once.
-        _, _, conflicts = self._build(work, start, members, commits)
+        # Textual conflicts are found on the first build and leave the batch at once; the
+        # build of the others is the one the batch test runs on.
+        built, built_merges, conflicts = self._build(work, start, members, commits)
         clean = [m for m in members if m not in conflicts]
-        new_tip, merges, culprits = self._land(work, start, clean, commits, result, first=True)
+        new_tip, merges, culprits = self._land(work, start, clean, commits, result, built=(built, built_merges))
         conflicts.update({t: f for t, f in result.conflicts.items() if t in clean and t not in merges})
         landed = [m for m in clean if m in merges]
         if landed:
@@ -650,9 +643,9 @@ def merge_queue(store: Store, config: ProjectConfig, run_id: str | None = None,
 
 # -- review and promotion --------------------------------------------------------------------------
 
-def pending_review(store: Store, config: ProjectConfig) -> list[dict]:
+def pending_review(store: Store, config: ProjectConfig, repository: str | None = None) -> list[dict]:
     """What is on integration but not yet on the base branch, oldest merge first."""
-    repository = local_repository(config)
+    repository = repository or local_repository(config)
     rows = store.db.execute("SELECT * FROM merges WHERE project = ? AND promoted_at IS NULL AND reverted_at IS NULL"
                             " ORDER BY id", (config.name,)).fetchall()
     entries = []
@@ -688,7 +681,7 @@ def promote(store: Store, config: ProjectConfig, approve: Sequence[str] | None, 
     approving the ones merged before it, and the error says which those are.
     """
     repository = local_repository(config)
-    pending = pending_review(store, config)
+    pending = pending_review(store, config, repository)
     if not pending:
         return {"commit": None, "promoted": [], "msg": "nothing waits for review"}
     names = [e["task_id"] for e in pending]
@@ -696,8 +689,14 @@ def promote(store: Store, config: ProjectConfig, approve: Sequence[str] | None, 
     unknown = sorted(wanted - set(names))
     if unknown:
         raise LandingError(f"not waiting for review in {config.name}: {', '.join(unknown)} (waiting: {', '.join(names)})")
+    base = config.base_branch
+    old = tip(repository, base)
+    if old is None:
+        raise LandingError(f"branch {base!r} does not exist in {repository}")
     target, covered = None, []
-    for commit in _tested_commits(store, config.name):
+    for commit in _tested_commits(store, config.name):  # newest first
+        if is_ancestor(repository, commit, old):
+            break  # this one and every older one are already on the base branch
         inside = [e["task_id"] for e in pending if is_ancestor(repository, e["merge_commit"], commit)]
         if wanted <= set(inside) and set(inside) <= wanted:
             target, covered = commit, inside
@@ -708,8 +707,6 @@ def promote(store: Store, config: ProjectConfig, approve: Sequence[str] | None, 
         raise LandingError(f"no tested integration commit holds exactly {', '.join(sorted(wanted))}: "
                            + (f"approve or reject {', '.join(earlier)} first (merged before them)" if earlier
                               else "approve the rest of their batch too"))
-    base = config.base_branch
-    old = tip(repository, base)
     if not is_ancestor(repository, old, target):
         raise LandingError(f"{base} moved away from {integration_branch(config.name)} (not a fast-forward): run the "
                            "merge queue once to bring it in, then approve again")
@@ -741,7 +738,7 @@ def reject(store: Store, config: ProjectConfig, task_id: str, reason: str, run_i
     if not reason.strip():
         raise LandingError("a rejection needs a reason (it becomes the agent's feedback)")
     repository = local_repository(config)
-    pending = {e["task_id"]: e for e in pending_review(store, config)}
+    pending = {e["task_id"]: e for e in pending_review(store, config, repository)}
     if task_id not in pending:
         raise LandingError(f"{task_id} is not waiting for review in {config.name} (merged and not promoted)")
     rows = {r.task_id: r for r in store.specs(config.name)}
@@ -773,7 +770,6 @@ def reject(store: Store, config: ProjectConfig, task_id: str, reason: str, run_i
                        " reverted_at IS NULL AND promoted_at IS NULL", (now(), why, config.name, victim))
             store._transition(db, config.name, victim, SpecState.QUEUED, reason=why, run_id=run_id,
                               detail={"reverted_in": reverted})
-            db.execute("INSERT INTO lessons (project, task_id, attempt, kind, text, created_at) VALUES (?, ?, NULL, ?, ?, ?)",
-                       (config.name, victim, "review", why[:1500], now()))
+            store._add_lesson(db, config.name, victim, None, "review", why[:1500])
     return {"reverted": victims, "commit": reverted, "msg": f"reverted {', '.join(victims)} from {branch} at "
                                                             f"{reverted[:12]} (tested); queued again"}

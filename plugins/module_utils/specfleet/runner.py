@@ -383,20 +383,9 @@ class Attempt:
         excludes = list(DEFAULT_EXCLUDES) + list(job.get("exclude", []))
         with open(os.path.join(self.workspace, ".git", "info", "exclude"), "a", encoding="utf-8") as handle:
             handle.write("\n".join(excludes) + "\n")
-        merged = []
-        for dep in job.get("merge", []):
-            if subprocess.run(["git", "merge-base", "--is-ancestor", dep["commit"], "HEAD"], cwd=self.workspace,
-                              capture_output=True).returncode == 0:
-                continue
-            try:
-                self.git("merge", "-q", "--no-ff", "--no-edit", "-m",
-                         f"specfleet: merge {dep['task_id']} into {job['task_id']}'s workspace", dep["commit"])
-            except RunnerError as exc:
-                raise RunnerError(f"dependency {dep['task_id']} does not merge into the base: {exc}") from exc
-            merged.append(dep["task_id"])
+        # The base is the integration tip, which holds the spec's merged dependencies.
         self.start_commit = self.git("rev-parse", "HEAD").strip()
-        self.save(base=job["base"], start_commit=self.start_commit, merged_dependencies=merged,
-                  workspace=self.workspace, branch=job["branch"])
+        self.save(base=job["base"], start_commit=self.start_commit, workspace=self.workspace, branch=job["branch"])
 
     def diff(self) -> tuple[list[Change], dict[str, list[tuple[int, str]]], list[str]]:
         """Stage everything; -> changes, added lines, and the names of secrets found in the diff."""
@@ -581,9 +570,8 @@ class Attempt:
             self.git("push", "-q", "--force", job["remote_url"], f"HEAD:refs/heads/{job['branch']}")
             self.save(pushed=True)
         else:
-            known = [job["base"]] + [d["commit"] for d in job.get("merge", [])]
             self.git("bundle", "create", "-q", self.path("result.bundle"), f"refs/heads/{job['branch']}",
-                     *[f"^{c}" for c in known])
+                     f"^{job['base']}")
             self.save(bundle="result.bundle")
         self.finalise("succeeded")
         return 0

@@ -409,8 +409,14 @@ class Store:
 
     def add_lesson(self, project: str, task_id: str | None, attempt: int | None, kind: str, text: str) -> None:
         with self.transaction() as db:
-            db.execute("INSERT INTO lessons (project, task_id, attempt, kind, text, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-                       (project, task_id, attempt, kind, text, now()))
+            self._add_lesson(db, project, task_id, attempt, kind, text)
+
+    @staticmethod
+    def _add_lesson(db: sqlite3.Connection, project: str, task_id: str | None, attempt: int | None, kind: str,
+                    text: str) -> None:
+        """A lesson inside the caller's transaction (with the state change it explains)."""
+        db.execute("INSERT INTO lessons (project, task_id, attempt, kind, text, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                   (project, task_id, attempt, kind, text, now()))
 
     def lessons(self, project: str, limit: int = 50) -> list[dict]:
         """The project's lessons, newest first (exact project name: no leaking across projects)."""

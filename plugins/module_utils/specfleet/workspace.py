@@ -20,6 +20,8 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,15 +80,14 @@ def _tips(repository: str, remote: bool, refs: list[str]) -> dict[str, str]:
 
 @dataclass
 class Start:
-    """Where a spec's workspace starts: the base and its dependencies' collected branches."""
+    """Where a spec's workspace starts: the integration tip (else the base branch)."""
 
     base_ref: str
     base: str
-    merge: list[dict]            # [{"task_id", "ref", "commit"}], in depends_on order
 
     @property
     def refs(self) -> dict[str, str]:
-        return {self.base_ref: self.base, **{d["ref"]: d["commit"] for d in self.merge}}
+        return {self.base_ref: self.base}
 
 
 def resolve_start(repository: str, remote: bool, project: str, base_branch: str, depends_on: list[str]) -> Start:
@@ -104,13 +105,11 @@ def resolve_start(repository: str, remote: bool, project: str, base_branch: str,
     if base_ref not in tips:
         raise GitError(f"branch {base_branch!r} does not exist in {repository}")
     if not remote:
-        outside = [d for d, ref in deps.items() if ref not in tips or subprocess.run(
-            ["git", "-C", repository, "merge-base", "--is-ancestor", tips[ref], tips[base_ref]],
-            capture_output=True).returncode != 0]
+        outside = [d for d, ref in deps.items() if ref not in tips or not is_ancestor(repository, tips[ref], tips[base_ref])]
         if outside:
             raise GitError(f"dependencies not merged into {base_ref.removeprefix('refs/heads/')}: "
                            + ", ".join(outside) + " (run playbooks/merge.yml)")
-    return Start(base_ref, tips[base_ref], [])
+    return Start(base_ref, tips[base_ref])
 
 
 def bundle_for_node(repository: str, start: Start, node_tips: list[str], dest: Path) -> list[str]:
@@ -131,6 +130,31 @@ def bundle_for_node(repository: str, start: Start, node_tips: list[str], dest: P
         raise GitError(f"git bundle create in {repository}: {result.stderr.strip()[-300:]}")
     heads = git(repository, "bundle", "list-heads", str(dest))
     return [line.split(" ", 1)[1] for line in heads.splitlines() if " " in line]
+
+
+def send_bundle(repository: str, start: Start, node_tips: list[str], mirror: str, remote_dir: str,
+                shell: Callable[[str], dict], put: Callable[[str, str], None]) -> list[str]:
+    """Bring ``start``'s refs into the node's ``mirror``: a bundle of what it lacks, copied and fetched.
+
+    ``shell(script)`` runs a script on the node (``{"rc", "stdout", "stderr"}``) and
+    ``put(local, remote)`` copies a file there; ``remote_dir`` (absolute) receives the
+    bundle, which the fetch removes. Returns the refs sent (none: the node had them).
+    """
+    with tempfile.TemporaryDirectory(prefix="specfleet-bundle-") as folder:
+        bundle = Path(folder) / "sync.bundle"
+        refs = bundle_for_node(repository, start, node_tips, bundle)
+        if refs:
+            remote = f"{remote_dir.rstrip('/')}/sync.bundle"
+            put(str(bundle), remote)
+            fetched = shell(mirror_fetch_script(mirror, remote, refs))
+            if fetched["rc"] != 0:
+                raise GitError(f"the node could not fetch the bundle into {mirror}: {fetched['stderr'].strip()[-500:]}")
+    return refs
+
+
+def is_ancestor(repository: str, older: str, newer: str) -> bool:
+    return subprocess.run(["git", "-C", repository, "merge-base", "--is-ancestor", older, newer],
+                          capture_output=True).returncode == 0
 
 
 def collect_script(run: str, names_pattern: str) -> str:
