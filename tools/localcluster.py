@@ -962,6 +962,8 @@ class LocalCluster:
                 "ansible_host": spec.address,
                 "ansible_port": spec.port,
                 "ansible_user": self.user.pw_name,
+                # bootstrap.yml logs in as the admin user; here that is the same local user.
+                "specfleet_admin_user": self.user.pw_name,
                 "ansible_ssh_private_key_file": str(self.client_key),
                 # IdentitiesOnly: an agent with many keys would otherwise exhaust MaxAuthTries first.
                 "ansible_ssh_common_args": (

@@ -131,6 +131,7 @@ def prepare(*, db: str | None, specs_root: str | None, project: str, task_id: st
         spec_text, front_matter = _spec_text(store, project, task_id, row.revision)
         siblings = _siblings(store, project, task_id)
         memory = _memory(store, project, task_id)
+        node_facts = next(iter(store.node_status(node)), {}).get("facts", {})
     executor_name = executor or row.executor
     if not executor_name:
         raise AttemptError(f"{task_id}: no executor (spec, project.yml or specfleet_default_executor)")
@@ -138,7 +139,8 @@ def prepare(*, db: str | None, specs_root: str | None, project: str, task_id: st
         raise AttemptError(f"{task_id}: no verify command")
     try:
         checked = executor_defs.chain(executors, executor_name)
-        chain, secrets, notes = executor_defs.runner_chain(checked, row.timeout_s, lookup)
+        chain, secrets, notes = executor_defs.runner_chain(checked, row.timeout_s, lookup,
+                                                           node_facts.get("credentials") or ())
     except executor_defs.ExecutorError as exc:
         raise AttemptError(str(exc)) from exc
     recording = None
@@ -177,6 +179,7 @@ def prepare(*, db: str | None, specs_root: str | None, project: str, task_id: st
         "verify": row.verify, "verify_timeout_s": parse_duration(config.verify_timeout), "retries": row.retries,
         "modifies": list(row.modifies), "test_paths": list(config.test_paths), "exclude": list(config.exclude),
         "require_tests": bool(config.require_tests), "executors": chain, "attempt_timeout_s": row.timeout_s,
+        "credentials_file": node_facts.get("credentials_file") or workspace.on_node(f"{root}/credentials.env", home),
         "identity": identity or {"name": "specfleet", "email": "specfleet@localhost"},
     }
     if remote:

@@ -22,7 +22,7 @@ in a file the runner deletes after reading.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from .durations import parse_duration
@@ -116,16 +116,23 @@ def chain(definitions: Any, name: str) -> list[dict]:
     return result
 
 
-def runner_chain(checked: list[dict], timeout_s: int, lookup: Callable[[str], Any]) -> tuple[list[dict], dict, list[str]]:
+def runner_chain(checked: list[dict], timeout_s: int, lookup: Callable[[str], Any],
+                 on_node: Collection[str] = ()) -> tuple[list[dict], dict, list[str]]:
     """The chain as the runner reads it, the secrets it needs, and notes.
 
     Secrets are ``{executor: {ENV: value}}`` (two executors may use the same variable
-    name with different keys). ``lookup(var)`` returns a variable's value or ``None``. The first executor's secrets
-    are required; a fallback whose secret is missing is left out of the chain (noted).
+    name with different keys). ``lookup(var)`` returns a variable's value or ``None``.
+    A variable the controller lacks but the node's credentials file holds (``on_node``,
+    the names bootstrap recorded) is resolved by the runner there (``node_secret_env``).
+    The first executor's secrets are required; a fallback whose secret is missing is
+    left out of the chain (noted).
     """
     runnable, secrets, notes = [], {}, []
     for index, executor in enumerate(checked):
         values = {env: lookup(var) for env, var in executor["env_from_vars"].items()}
+        node_side = {env: executor["env_from_vars"][env] for env, value in values.items()
+                     if value in (None, "") and executor["env_from_vars"][env] in on_node}
+        values = {env: value for env, value in values.items() if env not in node_side}
         missing = [executor["env_from_vars"][env] for env, value in values.items() if value in (None, "")]
         if missing:
             message = (f"executor {executor['name']} needs the variable {', '.join(missing)} (put the key in the "
@@ -138,6 +145,7 @@ def runner_chain(checked: list[dict], timeout_s: int, lookup: Callable[[str], An
             secrets[executor["name"]] = {env: str(value) for env, value in values.items()}
         runnable.append({"name": executor["name"], "kind": executor["kind"], "command": executor.get("command", []),
                          "prompt": executor["prompt"], "env": executor["env"],
-                         "secret_env": sorted(values), "rate_limit_patterns": executor["rate_limit_patterns"],
+                         "secret_env": sorted([*values, *node_side]), "node_secret_env": node_side,
+                         "rate_limit_patterns": executor["rate_limit_patterns"],
                          "backoff_s": executor["backoff"], "timeout_s": executor["timeout"] or timeout_s})
     return runnable, secrets, notes

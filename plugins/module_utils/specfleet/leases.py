@@ -372,8 +372,8 @@ class LeaseBook:
         return len(expired)
 
     def _unavailable(self, db, stamp: float) -> set[str]:
-        rows = db.execute("SELECT name FROM nodes WHERE enabled = 0 OR (health = 'quarantined' AND"
-                          " quarantined_until > ?)", (stamp,))
+        rows = db.execute("SELECT name FROM nodes WHERE enabled = 0 OR disabled_by IS NOT NULL OR"
+                          " (health = 'quarantined' AND quarantined_until > ?)", (stamp,))
         return {r["name"] for r in rows}
 
     def _take(self, db, row, node: str, slot: int, attempt_id: int, repository: str, modifies: list[str],

@@ -250,6 +250,42 @@ def run_gates(changes: list[Change], added: dict[str, list[tuple[int, str]]], mo
     return gates
 
 
+# -- the node's credentials file and the runner's version ------------------------------
+
+CREDENTIAL_LINE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.*)$")
+
+
+def read_credentials(path: str) -> dict[str, str]:
+    """``NAME='value'`` lines of the bootstrap's credentials file (shell quoting); {} if absent."""
+    import shlex
+    try:
+        with open(path, encoding="utf-8") as handle:
+            lines = handle.read().splitlines()
+    except OSError:
+        return {}
+    found = {}
+    for line in lines:
+        match = CREDENTIAL_LINE.match(line.strip())
+        if match:
+            try:
+                words = shlex.split(match.group(2))
+            except ValueError:
+                continue
+            found[match.group(1)] = words[0] if len(words) == 1 else ""
+    return found
+
+
+def runner_version(folder: str | None = None) -> str:
+    """A fingerprint of the runner's files (this file and paths.py): equal files, equal version."""
+    import hashlib
+    folder = folder or os.path.dirname(os.path.abspath(__file__))
+    digest = hashlib.sha256()
+    for name in ("runner.py", "paths.py"):
+        with open(os.path.join(folder, name), "rb") as handle:
+            digest.update(handle.read())
+    return digest.hexdigest()[:12]
+
+
 # -- the attempt ------------------------------------------------------------------------
 
 class Attempt:
@@ -258,11 +294,14 @@ class Attempt:
         self.secrets = self._load_secrets()       # first: the file must go whatever else fails
         with open(self.path("job.json"), encoding="utf-8") as handle:
             self.job = json.load(handle)
+        self.notes: list[str] = []
+        self._node_secrets()
         self.redact = Redactor([v for env in self.secrets.values() for v in env.values()])
         self.status: dict = {"state": "running", "phase": "starting", "task_id": self.job["task_id"],
                              "project": self.job["project"], "attempt": self.job["attempt"],
                              "run_id": self.job["run_id"], "pid": os.getpid(), "pgid": os.getpgid(0),
-                             "started_at": now(), "rounds": [], "executor": None, "final": False}
+                             "started_at": now(), "rounds": [], "executor": None, "final": False,
+                             "notes": list(self.notes)}
         self.children: set[int] = set()
         self.lock = threading.RLock()   # the SIGTERM handler may save while the main thread is saving
         self.workspace = os.path.expanduser(self.job["workspace"])
@@ -270,6 +309,33 @@ class Attempt:
 
     def path(self, name: str) -> str:
         return os.path.join(self.run_dir, name)
+
+    def _node_secrets(self) -> None:
+        """Keys the controller did not ship come from the node's credentials file (bootstrap wrote it).
+
+        A fallback executor whose key is not there is left out of the chain; the first one
+        cannot be, and the attempt fails naming the variable and the file.
+        """
+        wanted = [e for e in self.job["executors"] if e.get("node_secret_env")]
+        if not wanted:
+            return
+        name = os.path.expanduser(self.job.get("credentials_file") or "")
+        found = read_credentials(name)
+        kept = []
+        for index, executor in enumerate(self.job["executors"]):
+            needs = executor.get("node_secret_env") or {}
+            missing = sorted(var for var in needs.values() if not found.get(var))
+            if missing:
+                text = (f"executor {executor['name']} needs {', '.join(missing)}, which neither the controller's "
+                        f"vault nor {name or 'a credentials file'} on this node holds (run bootstrap.yml --tags "
+                        f"credentials for this node)")
+                if index == 0:
+                    raise RuntimeError(text)
+                self.notes.append(text + ": left out of the fallback chain")
+                continue
+            self.secrets.setdefault(executor["name"], {}).update({env: found[var] for env, var in needs.items()})
+            kept.append(executor)
+        self.job["executors"] = kept
 
     def _load_secrets(self) -> dict[str, dict[str, str]]:
         name = self.path("secrets.json")
@@ -628,11 +694,14 @@ def finalize_after_exit(run_dir: str, exit_code: int, error: str | None = None) 
 
 
 def main(argv: list[str]) -> int:
+    if argv == ["version"]:
+        print(runner_version())
+        return 0
     if len(argv) == 3 and argv[0] == "finalize":
         finalize_after_exit(argv[1], int(argv[2]) if argv[2].lstrip("-").isdigit() else 1)
         return 0
     if len(argv) != 2 or argv[0] != "run":
-        print("usage: runner.py run RUN_DIR | runner.py finalize RUN_DIR EXIT_CODE", file=sys.stderr)
+        print("usage: runner.py run RUN_DIR | runner.py finalize RUN_DIR EXIT_CODE | runner.py version", file=sys.stderr)
         return 2
     try:
         attempt = Attempt(argv[1])

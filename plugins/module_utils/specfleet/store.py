@@ -248,6 +248,13 @@ CREATE TABLE merges (
 );
 CREATE INDEX merges_by_spec ON merges(project, task_id);
 """),
+    (7, "nodes taken out by the health guardian or a failed bootstrap, and what the node reported", """
+ALTER TABLE nodes ADD COLUMN disabled_by TEXT;
+ALTER TABLE nodes ADD COLUMN disabled_reason TEXT;
+ALTER TABLE nodes ADD COLUMN disabled_at REAL;
+ALTER TABLE nodes ADD COLUMN facts_json TEXT;
+ALTER TABLE nodes ADD COLUMN checked_at REAL;
+"""),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -512,6 +519,52 @@ class Store:
                 blocked.append(child)
         return blocked
 
+    # -- nodes taken out and put back (health guardian, bootstrap) -------------------------
+
+    def node_status(self, name: str | None = None) -> list[dict[str, Any]]:
+        """The store's rows of every node (or one), with ``facts`` decoded."""
+        sql, params = "SELECT * FROM nodes", ()
+        if name is not None:
+            sql, params = sql + " WHERE name = ?", (name,)
+        rows = [dict(r) for r in self.db.execute(sql + " ORDER BY name", params)]
+        for row in rows:
+            row["facts"] = json.loads(row.pop("facts_json") or "{}")
+        return rows
+
+    def set_node_out(self, name: str, by: str, reason: str, facts: dict | None = None) -> bool:
+        """Keep ``name`` out of every dispatch until :meth:`set_node_in`; True if that is new.
+
+        Separate from quarantine (a dispatch's own, timed back-off): a node taken out by
+        ``by`` (``health``, ``bootstrap``) stays out until the same kind of check passes.
+        """
+        stamp = now()
+        with self.transaction() as db:
+            row = _node_row(db, name, stamp)
+            changed = row["disabled_by"] != by or row["disabled_reason"] != reason
+            db.execute("UPDATE nodes SET disabled_by = ?, disabled_reason = ?, disabled_at = ?, checked_at = ?,"
+                       " facts_json = COALESCE(?, facts_json), updated_at = ? WHERE name = ?",
+                       (by, reason, row["disabled_at"] if not changed else stamp, stamp,
+                        None if facts is None else json.dumps(facts, sort_keys=True), stamp, name))
+            if changed:
+                _event(db, "node_disabled", detail={"node": name, "by": by, "reason": reason})
+        return changed
+
+    def set_node_in(self, name: str, by: str, facts: dict | None = None) -> bool:
+        """``name`` passed ``by``'s check: put it back if ``by`` (or bootstrap) took it out; True if it was out."""
+        stamp = now()
+        with self.transaction() as db:
+            row = _node_row(db, name, stamp)
+            was_out = row["disabled_by"] is not None
+            # A health check cannot undo a failed bootstrap: only a bootstrap that passes can.
+            back = was_out and (by == "bootstrap" or row["disabled_by"] == by)
+            db.execute("UPDATE nodes SET checked_at = ?, facts_json = COALESCE(?, facts_json), updated_at = ?"
+                       + (", disabled_by = NULL, disabled_reason = NULL, disabled_at = NULL" if back else "")
+                       + " WHERE name = ?",
+                       (stamp, None if facts is None else json.dumps(facts, sort_keys=True), stamp, name))
+            if back:
+                _event(db, "node_enabled", detail={"node": name, "by": by, "was": row["disabled_reason"]})
+        return back
+
     def rescue(self, project: str, task_ids: Sequence[str] = (), run_id: str | None = None) -> dict[str, Any]:
         """Queue failed and blocked specs again, with their attempts reset (DAGMan's rescue DAG).
 
@@ -660,6 +713,13 @@ def _statements(script: str) -> list[str]:
     if buffer.strip():
         raise StoreError(f"incomplete SQL in migration: {buffer.strip()[:60]}")
     return statements
+
+
+def _node_row(db: sqlite3.Connection, name: str, stamp: float) -> sqlite3.Row:
+    """The node's row, made (0 slots until a dispatch records the inventory's) when new."""
+    db.execute("INSERT INTO nodes (name, slots, updated_at) VALUES (?, 0, ?) ON CONFLICT(name) DO NOTHING",
+               (name, stamp))
+    return db.execute("SELECT * FROM nodes WHERE name = ?", (name,)).fetchone()
 
 
 def _event(db: sqlite3.Connection, kind: str, project: str | None = None, task_id: str | None = None,

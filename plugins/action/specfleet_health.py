@@ -1,0 +1,68 @@
+# Copyright: specfleet contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Action plugin for ``specfleet_health`` (documentation in ``library/specfleet_health.py``).
+
+One SSH command measures the node (:func:`specfleet.health.probe_script`); the judgement
+and the store update happen on the controller. A node that cannot be reached is a result
+here, not an unreachable host, so the guardian can take it out and the play goes on.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+_CORE = str(Path(__file__).resolve().parents[1] / "module_utils")
+if _CORE not in sys.path:
+    sys.path.insert(0, _CORE)
+
+from ansible.errors import AnsibleConnectionFailure  # noqa: E402
+from specfleet_action import DB_OPTION, ControllerAction  # noqa: E402
+
+from specfleet import health, inventory, jobs  # noqa: E402
+from specfleet.runner import runner_version  # noqa: E402
+from specfleet.store import Store, StoreError  # noqa: E402
+
+
+class ActionModule(ControllerAction):
+    _requires_connection = True
+    ERRORS = (StoreError, jobs.JobError)
+    ARGUMENT_SPEC = {
+        "node": {"type": "str", "required": True},
+        "root": {"type": "str", "required": True},
+        "clis": {"type": "list", "elements": "dict", "default": []},
+        "min_free_gib": {"type": "float", "default": health.DEFAULTS["min_free_gib"]},
+        "max_skew_s": {"type": "float", "default": health.DEFAULTS["max_skew_s"]},
+        "stale_after_h": {"type": "float", "default": health.DEFAULTS["stale_after_h"]},
+        "strict_versions": {"type": "bool", "default": False},
+        "path": {"type": "str", "default": "/usr/local/bin:/usr/bin:/bin"},
+        **DB_OPTION,
+    }
+
+    def act(self, result, args, task_vars, db):
+        problems = inventory.check_agent_clis(args["clis"], host=args["node"])
+        if problems:
+            return dict(result, failed=True, msg="; ".join(map(str, problems)))
+        script = health.probe_script(args["root"], args["clis"], args["stale_after_h"], args["path"])
+        sent = time.time()
+        try:
+            answer = self._shell(script)
+        except AnsibleConnectionFailure as exc:
+            verdict = health.unreachable(args["node"], str(exc))
+        else:
+            answered = time.time()
+            if answer["rc"] != 0 and not answer["stdout"]:
+                verdict = health.unreachable(args["node"], answer["stderr"] or f"the probe exited {answer['rc']}")
+                verdict.reachable = True
+            else:
+                limits = {k: args[k] for k in health.DEFAULTS}
+                verdict = health.judge(args["node"], health.parse(answer["stdout"]), args["clis"], sent, answered,
+                                       runner_version(str(Path(_CORE) / "specfleet")), limits)
+        changed = False
+        if not self._task.check_mode:
+            with Store(db) as store:
+                if verdict.healthy:
+                    changed = store.set_node_in(args["node"], "health")
+                else:
+                    changed = store.set_node_out(args["node"], "health", "; ".join(verdict.problems))
+        return dict(result, changed=changed, line=list(verdict.row()), **verdict.as_dict())

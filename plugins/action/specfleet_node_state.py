@@ -1,0 +1,45 @@
+# Copyright: specfleet contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Action plugin for ``specfleet_node_state`` (documentation in ``library/specfleet_node_state.py``)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+_CORE = str(Path(__file__).resolve().parents[1] / "module_utils")
+if _CORE not in sys.path:
+    sys.path.insert(0, _CORE)
+
+from specfleet_action import DB_OPTION, ControllerAction  # noqa: E402
+
+from specfleet.store import Store  # noqa: E402
+
+
+class ActionModule(ControllerAction):
+    ARGUMENT_SPEC = {
+        "node": {"type": "str", "required": True},
+        "state": {"type": "str", "required": True, "choices": ["enabled", "disabled"]},
+        "by": {"type": "str", "required": True, "choices": ["bootstrap", "health"]},
+        "reason": {"type": "str"},
+        "facts": {"type": "dict"},
+        **DB_OPTION,
+    }
+
+    def act(self, result, args, task_vars, db):
+        if args["state"] == "disabled" and not (args["reason"] or "").strip():
+            return dict(result, failed=True, msg="state=disabled needs a reason (it is shown to whoever looks)")
+        with Store(db) as store:
+            before = next(iter(store.node_status(args["node"])), None)
+            out = bool(before and before["disabled_by"])
+            if self._task.check_mode:
+                changed = (args["state"] == "disabled") != out or (
+                    out and args["state"] == "disabled" and before["disabled_reason"] != args["reason"])
+                return dict(result, changed=changed, node=args["node"], state=args["state"])
+            if args["state"] == "disabled":
+                changed = store.set_node_out(args["node"], args["by"], args["reason"].strip(), args["facts"])
+            else:
+                changed = store.set_node_in(args["node"], args["by"], args["facts"])
+            after = store.node_status(args["node"])[0]
+        return dict(result, changed=changed, node=args["node"],
+                    state="disabled" if after["disabled_by"] else "enabled",
+                    disabled_by=after["disabled_by"], reason=after["disabled_reason"])
