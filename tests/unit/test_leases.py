@@ -251,6 +251,25 @@ def test_quarantined_nodes_get_nothing_until_readmitted(projects, store):
     assert len(leases.grant("demo", [NodeInfo("n", 2)]).granted) == 1
 
 
+def test_a_node_taken_out_stays_out_until_the_check_that_took_it_out_passes(projects, store):
+    feed(projects, store, **{"S1.md": spec_text("S1")})
+    leases = book(store)
+    assert store.set_node_out("n", "health", "3.1 GiB free, below 10 GiB")  # before any dispatch knew the node
+    leases.sync_nodes([NodeInfo("n", 2)])  # a dispatch records the inventory's view: the node stays out
+    leases.node_healthy("n", seen=True)    # and its preflight answering does not bring it back
+    assert leases.grant("demo", [NodeInfo("n", 2)]).granted == []
+    assert not store.set_node_out("n", "health", "3.1 GiB free, below 10 GiB")  # same reason: no new event
+    assert store.set_node_out("n", "bootstrap", "bootstrap failed at 'Install the OS packages': no apt")
+    assert not store.set_node_in("n", "health")  # a health check cannot undo a failed bootstrap
+    assert store.node_status("n")[0]["disabled_by"] == "bootstrap"
+    assert store.set_node_in("n", "bootstrap", facts={"credentials": ["vault_a"]})
+    row = store.node_status("n")[0]
+    assert row["disabled_by"] is None and row["facts"] == {"credentials": ["vault_a"]} and row["slots"] == 2
+    assert len(leases.grant("demo", [NodeInfo("n", 2)]).granted) == 1
+    kinds = [(e["kind"], e["detail"]["by"]) for e in store.events() if e["kind"].startswith("node_")]
+    assert kinds == [("node_disabled", "health"), ("node_disabled", "bootstrap"), ("node_enabled", "bootstrap")]
+
+
 def test_ready_and_doomed():
     S = SpecState
     states = {"a": S.COMPLETED, "b": S.QUEUED, "c": S.QUEUED, "d": S.FAILED, "e": S.QUEUED, "f": S.RUNNING}

@@ -331,3 +331,60 @@ def test_the_attempt_time_limit_bounds_each_run(tmp_path, repo):
     status = json.loads((run / "status.json").read_text())
     # The executor's own limit is an hour: only the attempt's budget can have ended the run.
     assert status["final"] and status["rounds"][0]["timed_out"] is True
+
+
+# -- keys from the node's credentials file (bootstrap wrote it) -----------------------------
+
+def node_key_run(tmp_path: Path, repo: Path, fallback_var: str = "vault_b") -> Path:
+    """A run whose controller shipped no key: the runner takes it from the credentials file."""
+    run = make_run(tmp_path, repo, [{"write": {"app.py": "X = 6\n"}, "print_env": ["TOKEN"]}])
+    (run / "secrets.json").unlink()
+    job = json.loads((run / "job.json").read_text())
+    first = dict(job["executors"][0], node_secret_env={"TOKEN": "vault_a"})
+    job["executors"] = [first, dict(first, name="backup", node_secret_env={"TOKEN": fallback_var})]
+    job["credentials_file"] = str(tmp_path / "credentials.env")
+    (run / "job.json").write_text(json.dumps(job))
+    return run
+
+
+def test_a_key_the_controller_lacks_comes_from_the_nodes_credentials_file(tmp_path, repo):
+    run = node_key_run(tmp_path, repo, fallback_var="vault_missing")
+    (tmp_path / "credentials.env").write_text("# written by bootstrap\nvault_a='node-side key '\\''x'\\'''\n")
+    result = subprocess.run([sys.executable, str(RUNNER), "run", str(run)], capture_output=True, text=True)
+    status = json.loads((run / "status.json").read_text())
+    assert result.returncode == 0 and status["state"] == "succeeded", status
+    assert "TOKEN=***" in next(run.glob("round-1.agent.*.log")).read_text()
+    assert "node-side key" not in "".join(p.read_text(errors="replace") for p in run.iterdir() if p.is_file())
+    # The fallback's key is in neither place: it is left out, and the status says why.
+    assert any("backup needs vault_missing" in note and "left out" in note for note in status["notes"])
+
+
+def test_a_key_in_neither_place_fails_the_attempt_naming_the_variable_and_the_file(tmp_path, repo):
+    run = node_key_run(tmp_path, repo)
+    (tmp_path / "credentials.env").write_text("vault_b='only the fallback has one'\n")
+    assert subprocess.run([sys.executable, str(RUNNER), "run", str(run)], capture_output=True).returncode == 1
+    status = json.loads((run / "status.json").read_text())
+    assert status["final"] and status["state"] == "failed"
+    assert "vault_a" in status["error"] and str(tmp_path / "credentials.env") in status["error"]
+
+
+def test_the_controller_leaves_to_the_node_only_the_keys_bootstrap_recorded_there():
+    defs = {"a": {"command": ["x"], "env_from_vars": {"KEY": "vault_a"}, "fallback": "b"},
+            "b": {"command": ["y"], "env_from_vars": {"KEY": "vault_b"}}}
+    chain, secrets, notes = executors.runner_chain(executors.chain(defs, "a"), 60, {}.get, on_node={"vault_a"})
+    assert [e["name"] for e in chain] == ["a"] and secrets == {}
+    assert chain[0]["node_secret_env"] == {"KEY": "vault_a"} and chain[0]["secret_env"] == ["KEY"]
+    assert "vault_b" in notes[0]
+    # A key the controller has is shipped as before, even if the node has one too.
+    chain, secrets, _ = executors.runner_chain(executors.chain(defs, "a"), 60, {"vault_a": "k1"}.get,
+                                               on_node={"vault_a"})
+    assert secrets == {"a": {"KEY": "k1"}} and chain[0]["node_secret_env"] == {}
+
+
+def test_the_runner_version_is_a_fingerprint_of_its_files(tmp_path):
+    for name in ("runner.py", "paths.py"):
+        (tmp_path / name).write_bytes((RUNNER.parent / name).read_bytes())
+    same = subprocess.run([sys.executable, str(tmp_path / "runner.py"), "version"], capture_output=True, text=True)
+    assert same.stdout.strip() == runner.runner_version() and len(runner.runner_version()) == 12
+    (tmp_path / "paths.py").write_text((tmp_path / "paths.py").read_text() + "\n# changed\n")
+    assert runner.runner_version(str(tmp_path)) != runner.runner_version()
