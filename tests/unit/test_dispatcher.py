@@ -136,6 +136,18 @@ def test_specs_no_node_can_run_are_dropped_with_the_reason(projects, store_path)
         assert step.dropped == {"A": "cannot run: no enabled node with slots runs executor codex"}
 
 
+def test_specs_only_taken_out_nodes_could_run_are_dropped_naming_why(projects, store_path):
+    with Store(store_path) as store:
+        feed(projects, store, **{"A.md": spec_text("A", executor="codex"), "B.md": spec_text("B", modifies=["README.md"])})
+        store.set_node_out("n2", "health", "codex is not installed")
+        run = engine(store, ["A", "B"], nodes=[NodeInfo("n1", 2, labels=frozenset({"glm"})),
+                                               NodeInfo("n2", 2, labels=frozenset({"codex"}))])
+        step = run.step()
+        assert [g.task_id for g in step.start] == ["B"]
+        assert step.dropped == {"A": "cannot run: no enabled node with slots runs executor codex; "
+                                     "taken out: n2 (health: codex is not installed)"}
+
+
 def test_drain_drops_what_has_not_started_and_cancel_requeues_the_killed(projects, store_path):
     with Store(store_path) as store:
         feed(projects, store, **{f"{t}.md": spec_text(t, modifies=[f"src/{t}.py"]) for t in "ABCD"})

@@ -169,15 +169,22 @@ class Dispatcher:
         rows = {r["task_id"]: r for r in self.store.db.execute(
             f"SELECT task_id, state, reason, executor, depends_on_json FROM specs WHERE project = ? AND task_id IN ({marks})",
             (self.project, *sorted(self.pending)))}
+        # Nodes that bootstrap or the health guardian took out stay out until they pass again.
+        taken_out = {r["name"]: f"{r['disabled_by']}: {r['disabled_reason']}" for r in self.store.db.execute(
+            "SELECT name, disabled_by, disabled_reason FROM nodes WHERE disabled_by IS NOT NULL")}
         for task_id in sorted(self.pending):
             row = rows.get(task_id)
             if row is None:
                 step.dropped[task_id] = "no longer in the state store"
             elif row["state"] not in (SpecState.QUEUED.value, SpecState.RUNNING.value):
                 step.dropped[task_id] = f"{row['state']}" + (f": {row['reason']}" if row["reason"] else "")
-            elif not any(n.enabled and n.slots > 0 and n.runs(row["executor"]) for n in self.nodes):
+            elif not any(n.enabled and n.slots > 0 and n.runs(row["executor"]) and n.name not in taken_out
+                         for n in self.nodes):
                 step.dropped[task_id] = (f"cannot run: no enabled node with slots runs executor {row['executor']}"
                                          if row["executor"] else "cannot run: no enabled node has slots")
+                out = [f"{n.name} ({taken_out[n.name]})" for n in self.nodes if n.name in taken_out]
+                if out:
+                    step.dropped[task_id] += "; taken out: " + ", ".join(out)
                 self.abandoned.add(task_id)
         self.pending.difference_update(step.dropped)
         deps = {t: json.loads(rows[t]["depends_on_json"]) for t in self.pending}
