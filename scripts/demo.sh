@@ -17,11 +17,13 @@ python tools/localcluster.py up --inventory inventory/local/hosts.yml
 if [ "$keep" -eq 0 ]; then
     trap 'python tools/localcluster.py down >/dev/null' EXIT
 fi
-ansible-playbook bootstrap.yml
 # A separate database keeps the demo from marking the example specs done in the main one.
 home="${SPECFLEET_HOME:-$HOME/.local/state/specfleet}"
 export SPECFLEET_DB="$home/demo.db"
 rm -f "$SPECFLEET_DB" "$SPECFLEET_DB-wal" "$SPECFLEET_DB-shm"
+# Bootstrap admits the nodes in the store; the guardian prints the fleet's health table.
+ansible-playbook bootstrap.yml
+ansible-playbook playbooks/health.yml
 executor=replay
 if [ -n "${ANTHROPIC_API_KEY:-}" ]; then
     executor=claude
