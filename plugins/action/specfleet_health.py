@@ -44,19 +44,21 @@ class ActionModule(ControllerAction):
         if problems:
             return dict(result, failed=True, msg="; ".join(map(str, problems)))
         script = health.probe_script(args["root"], args["clis"], args["stale_after_h"], args["path"])
-        sent = time.time()
         try:
             answer = self._shell(script)
+            sent = time.time()
+            clock = self._shell(health.CLOCK_SCRIPT)  # the connection is warm: one short round trip
+            answered = time.time()
         except AnsibleConnectionFailure as exc:
             verdict = health.unreachable(args["node"], str(exc))
         else:
-            answered = time.time()
-            if answer["rc"] != 0 and not answer["stdout"]:
+            if answer["rc"] != 0 and not answer["stdout"].strip():
                 verdict = health.unreachable(args["node"], answer["stderr"] or f"the probe exited {answer['rc']}")
                 verdict.reachable = True
             else:
                 limits = {k: args[k] for k in health.DEFAULTS}
-                verdict = health.judge(args["node"], health.parse(answer["stdout"]), args["clis"], sent, answered,
+                measured = health.parse(clock["stdout"] + "\n" + answer["stdout"])
+                verdict = health.judge(args["node"], measured, args["clis"], sent, answered,
                                        runner_version(str(Path(_CORE) / "specfleet")), limits)
         changed = False
         if not self._task.check_mode:

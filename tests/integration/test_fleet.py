@@ -62,6 +62,13 @@ def test_bootstrap_writes_keys_and_facts_admits_the_nodes_and_is_idempotent(clus
     again = fleet.playbook("bootstrap.yml", *args)
     assert again.returncode == 0, again.output[-3000:]
     assert {h: c["changed"] for h, c in recap(again.output).items()} == {"node-1": 0, "node-2": 0, "node-3": 0}
+    # A new key is rolled out with --tags credentials: that part only, then the post-check.
+    rolled = fleet.playbook("bootstrap.yml", "--tags", "credentials", "-e", extra_vars(
+        tmp_path, bin_dir, ["fakeclaude", "fakecodex"], vault_zai_api_key=KEY + "-new"))
+    assert rolled.returncode == 0, rolled.output[-3000:]
+    assert {h: c["changed"] for h, c in recap(rolled.output).items()} == {"node-1": 1, "node-2": 1, "node-3": 1}
+    assert f"vault_zai_api_key='{KEY}-new'" in (work_root(cluster, "node-1") / "credentials.env").read_text()
+    assert "Install the runner" not in rolled.output and "Check that every agent CLI answers" in rolled.output
     # The facts are Ansible's too: ansible_local.specfleet, as any play gathers them.
     facts = subprocess.run([str(VENV_BIN / "ansible"), "node-3", "-m", "ansible.builtin.setup", "-a",
                             f"gather_subset=!all,!min,local fact_path={work_root(cluster, 'node-3') / 'facts.d'}"],

@@ -65,8 +65,11 @@ EXECUTORS = {"glm": {"command": ["claude"]}, "codex": {"command": ["codex"]}}
      "inv/hosts.yml: n1: specfleet_agent_clis[0].npm is not a valid npm package name"),
     ({"n1": {"specfleet_agent_clis": [{"name": "aider", "npm": "a", "pip": "b"}]}},
      "inv/hosts.yml: n1: specfleet_agent_clis[0] needs exactly one of npm or pip"),
+    ({"n1": {"specfleet_agent_clis": [{"name": "x", "npm": "x", "version": "next"}]}},
+     "inv/hosts.yml: n1: specfleet_agent_clis[0].version must be 'latest' or one exact version"),
+    ({"n1": {"specfleet_agent_clis": [{"name": "x", "npm": "x", "version": "2.0.5-beta.1"}]}}, None),
     ({"n1": {"specfleet_agent_clis": [{"name": "x", "npm": "x", "version": "1.0; true"}]}},
-     "inv/hosts.yml: n1: specfleet_agent_clis[0].version must be 'latest' or a version"),
+     "inv/hosts.yml: n1: specfleet_agent_clis[0].version must be 'latest' or one exact version"),
 ])
 def test_each_mistake_is_named_with_file_host_and_variable(overrides, expected):
     found = [str(p) for p in inventory.check(nodes(**overrides), EXECUTORS)]
@@ -85,3 +88,19 @@ def test_every_problem_is_reported_at_once_and_broken_executors_too():
     assert sum("specfleet_slots" in t for t in found) == 2
     assert [str(p) for p in inventory.check(nodes(), None)] == [
         "group_vars: specfleet_executors is not defined (a mapping name -> definition)"]
+
+
+def test_a_node_is_given_only_the_keys_of_the_executors_it_runs_and_their_fallbacks():
+    import importlib.util
+    path = REPO_ROOT / "roles" / "specfleet_node" / "filter_plugins" / "specfleet_node.py"
+    spec = importlib.util.spec_from_file_location("specfleet_node_filters", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    executors = {"glm": {"command": ["claude"], "env_from_vars": {"T": "vault_zai"}, "fallback": "minimax"},
+                 "minimax": {"command": ["claude"], "env_from_vars": {"T": "vault_minimax"}},
+                 "codex": {"command": ["codex"], "env_from_vars": {"K": "vault_openai"}},
+                 "opencode": {"command": ["opencode"]}}
+    assert module.credential_vars(executors, ["glm"]) == ["vault_zai", "vault_minimax"]
+    assert module.credential_vars(executors, ["opencode"]) == []
+    assert module.credential_vars(executors, []) == ["vault_zai", "vault_minimax", "vault_openai"]
+    assert module.credential_vars(executors, ["gpt-9"]) == []  # unknown labels: the inventory check names them

@@ -259,8 +259,11 @@ def test_a_node_taken_out_stays_out_until_the_check_that_took_it_out_passes(proj
     leases.node_healthy("n", seen=True)    # and its preflight answering does not bring it back
     assert leases.grant("demo", [NodeInfo("n", 2)]).granted == []
     assert not store.set_node_out("n", "health", "3.1 GiB free, below 10 GiB")  # same reason: no new event
+    assert not store.set_node_out("n", "health", "2.9 GiB free, below 10 GiB")  # new figure, no new event
+    assert store.node_status("n")[0]["disabled_reason"] == "2.9 GiB free, below 10 GiB"
     assert store.set_node_out("n", "bootstrap", "bootstrap failed at 'Install the OS packages': no apt")
-    assert not store.set_node_in("n", "health")  # a health check cannot undo a failed bootstrap
+    assert not store.set_node_out("n", "health", "codex is not installed")  # health does not take it over
+    assert not store.set_node_in("n", "health")  # so a health check cannot undo a failed bootstrap
     assert store.node_status("n")[0]["disabled_by"] == "bootstrap"
     assert store.set_node_in("n", "bootstrap", facts={"credentials": ["vault_a"]})
     row = store.node_status("n")[0]

@@ -35,18 +35,22 @@ DEFAULTS = {"min_free_gib": 5.0, "max_skew_s": 30.0, "stale_after_h": 24.0, "str
 COLUMNS = ("NODE", "HEALTH", "FREE", "SKEW", "CLIS", "RUNNER", "STALE", "WHY")
 
 
+# The clock is read by a command of its own, so slow CLIs cannot widen the bracket around it.
+CLOCK_SCRIPT = "printf 'time\\t%s\\n' \"$(date +%s.%N)\""
+
+
 def probe_script(root: str, clis: Sequence[Mapping[str, Any]], stale_after_h: float,
                  path: str = "/usr/local/bin:/usr/bin:/bin") -> str:
-    """A POSIX shell script printing one ``key<TAB>...`` line per measurement."""
+    """A POSIX shell script printing one ``key<TAB>...`` line per measurement (the clock: :data:`CLOCK_SCRIPT`)."""
     root_q = shell_path(root)
     lines = [JOB_STATE,
-             "printf 'time\\t%s\\n' \"$(date +%s.%N)\"",
+             'to=$(command -v timeout) || to=/usr/bin/timeout',
              f"printf 'df\\t%s\\n' \"$(df -Pk {root_q} 2>/dev/null | awk 'NR==2 {{print $4}}')\"",
-             f"printf 'runner\\t%s\\n' \"$(timeout 20 python3 -B {root_q}/runner/runner.py version 2>/dev/null)\"",
+             f"printf 'runner\\t%s\\n' \"$(\"$to\" 20 python3 -B {root_q}/runner/runner.py version 2>/dev/null)\"",
              f"if [ -r {root_q}/node-info.json ]; then printf 'info\\t%s\\n' \"$(tr -d '\\n' < {root_q}/node-info.json)\"; fi"]
     for cli in clis:
         argv = " ".join(shlex.quote(a) for a in [str(cli["name"]), *cli.get("version_args", ["--version"])])
-        lines.append(f"out=$(PATH={shlex.quote(path)} timeout 20 {argv} 2>&1 </dev/null); rc=$?; "
+        lines.append(f"out=$(PATH={shlex.quote(path)} \"$to\" 20 {argv} 2>&1 </dev/null); rc=$?; "
                      f"printf 'cli\\t%s\\t%s\\t%s\\n' {shlex.quote(str(cli['name']))} \"$rc\" "
                      "\"$(printf '%s' \"$out\" | head -n 1 | cut -c1-200)\"")
     minutes = max(1, int(stale_after_h * 60))

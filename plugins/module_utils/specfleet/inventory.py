@@ -34,7 +34,8 @@ CLI_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 # npm: optional @scope/, then a name; pip: a distribution name with optional extras.
 NPM_PACKAGE = re.compile(r"^(@[a-z0-9][a-z0-9._~-]*/)?[a-z0-9][a-z0-9._~-]*$")
 PIP_PACKAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9._,-]+\])?$")
-VERSION = re.compile(r"^(latest|[0-9A-Za-z][0-9A-Za-z.+~^-]*)$")
+# "latest" or one exact version: a range or a dist-tag would reinstall and drift on every run.
+VERSION = re.compile(r"^(latest|[0-9]+(\.[0-9]+)*([-+][0-9A-Za-z.-]+)?)$")
 CLI_KEYS = {"name", "npm", "pip", "version", "version_args"}
 TRUE_WORDS = {"1", "true", "yes", "on"}
 FALSE_WORDS = {"0", "false", "no", "off"}
@@ -132,8 +133,8 @@ def check_agent_clis(clis: Any, source: str = "group_vars", host: str | None = N
                                         f"{package!r}"))
         version = str(cli.get("version", "latest"))
         if not VERSION.match(version):
-            problems.append(Problem(source, host, f"{where}.version", f"must be 'latest' or a version, not "
-                                    f"{version!r}"))
+            problems.append(Problem(source, host, f"{where}.version", f"must be 'latest' or one exact version "
+                                    f"(e.g. 2.0.5), not {version!r}"))
         args = cli.get("version_args", ["--version"])
         if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
             problems.append(Problem(source, host, f"{where}.version_args", "must be a list of strings"))

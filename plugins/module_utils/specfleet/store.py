@@ -535,15 +535,22 @@ class Store:
         """Keep ``name`` out of every dispatch until :meth:`set_node_in`; True if that is new.
 
         Separate from quarantine (a dispatch's own, timed back-off): a node taken out by
-        ``by`` (``health``, ``bootstrap``) stays out until the same kind of check passes.
+        ``by`` (``health``, ``bootstrap``) stays out until the same kind of check passes. A
+        node a failed bootstrap took out stays bootstrap's (health cannot put it back); a new
+        reason from the same check only replaces the text.
         """
         stamp = now()
         with self.transaction() as db:
             row = _node_row(db, name, stamp)
-            changed = row["disabled_by"] != by or row["disabled_reason"] != reason
+            if row["disabled_by"] == "bootstrap" and by != "bootstrap":
+                # Only a bootstrap that passes may put this node back: health does not take it over.
+                db.execute("UPDATE nodes SET checked_at = ? WHERE name = ?", (stamp, name))
+                return False
+            # Health reasons carry measurements (free GiB, seconds of skew): a new figure is not news.
+            changed = row["disabled_by"] != by
             db.execute("UPDATE nodes SET disabled_by = ?, disabled_reason = ?, disabled_at = ?, checked_at = ?,"
                        " facts_json = COALESCE(?, facts_json), updated_at = ? WHERE name = ?",
-                       (by, reason, row["disabled_at"] if not changed else stamp, stamp,
+                       (by, reason, stamp if changed else row["disabled_at"], stamp,
                         None if facts is None else json.dumps(facts, sort_keys=True), stamp, name))
             if changed:
                 _event(db, "node_disabled", detail={"node": name, "by": by, "reason": reason})
