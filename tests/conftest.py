@@ -14,6 +14,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "plugins" / "module_utils"))
 sys.path.insert(0, str(REPO_ROOT))
 
+from tests.chat_server import chat  # noqa: E402, F401 (a fixture: a chat-completions server on loopback)
+
 GIT_ENV = {"GIT_AUTHOR_NAME": "specfleet tests", "GIT_AUTHOR_EMAIL": "tests@specfleet.invalid",
            "GIT_COMMITTER_NAME": "specfleet tests", "GIT_COMMITTER_EMAIL": "tests@specfleet.invalid"}
 

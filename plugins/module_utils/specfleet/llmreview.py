@@ -8,15 +8,16 @@ Configured in the inventory (``specfleet_review_endpoint``: ``base_url``, ``mode
 ``api_key_var`` naming the vault variable that holds the key, ``timeout``, ``retries``)
 and switched on per project (``review: advisory`` or ``required`` in project.yml). The
 key is handed to the client and nowhere else: not logged, not stored, not in the verdict.
-The client library (``openai``) does the HTTP, retries 429/5xx/timeouts with backoff.
+The endpoint and its client are :mod:`chat`'s.
 """
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+
+from .chat import ChatUnavailable, Endpoint, ask
+
+__all__ = ["Endpoint", "ReviewUnavailable", "parse_verdict", "review"]
 
 DIFF_LIMIT = 60000
 SYSTEM = (
@@ -26,31 +27,7 @@ SYSTEM = (
 )
 
 
-class ReviewUnavailable(Exception):
-    """The endpoint could not give a usable verdict (down, timeout, refusal, not JSON)."""
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    base_url: str
-    model: str
-    api_key: str
-    timeout: float = 120.0
-    retries: int = 2
-
-    @classmethod
-    def from_vars(cls, value: Mapping[str, Any] | None, lookup) -> Endpoint | None:
-        """From ``specfleet_review_endpoint``; ``lookup(name)`` resolves the key's vault variable."""
-        if not value:
-            return None
-        missing = [k for k in ("base_url", "model", "api_key_var") if not value.get(k)]
-        if missing:
-            raise ValueError(f"specfleet_review_endpoint: missing {', '.join(missing)}")
-        key = lookup(str(value["api_key_var"]))
-        if not key:
-            raise ValueError(f"specfleet_review_endpoint: variable {value['api_key_var']} (the API key) is not set")
-        return cls(str(value["base_url"]), str(value["model"]), str(key), float(value.get("timeout", 120)),
-                   int(value.get("retries", 2)))
+ReviewUnavailable = ChatUnavailable  # the review's name for "no usable verdict"
 
 
 def _message(spec_text: str, diff: str) -> str:
@@ -77,28 +54,8 @@ def parse_verdict(text: str) -> dict:
 
 def review(endpoint: Endpoint, spec_text: str, diff: str) -> dict:
     """Ask the endpoint; -> ``{"ok", "verdict", "reasons", "model", "summary"}``."""
-    try:
-        import openai
-    except ImportError as exc:  # pragma: no cover - requirements.txt installs it
-        raise ReviewUnavailable("the openai package is not installed (pip install -r requirements.txt)") from exc
-    client = openai.OpenAI(base_url=endpoint.base_url, api_key=endpoint.api_key, timeout=endpoint.timeout,
-                           max_retries=endpoint.retries)
-    try:
-        answer = client.chat.completions.create(
-            model=endpoint.model, temperature=0,
-            messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": _message(spec_text, diff)}])
-    except openai.APIError as exc:
-        status = getattr(exc, "status_code", None)
-        raise ReviewUnavailable(f"{endpoint.base_url}: {type(exc).__name__}" + (f" (HTTP {status})" if status else "")
-                                ) from None
-    finally:
-        client.close()
-    choice = answer.choices[0] if answer.choices else None
-    if choice is None or choice.message is None:
-        raise ReviewUnavailable("the endpoint answered without a message")
-    if getattr(choice.message, "refusal", None):
-        raise ReviewUnavailable(f"the model refused: {str(choice.message.refusal)[:200]}")
-    verdict = parse_verdict(choice.message.content or "")
+    text = ask(endpoint, [{"role": "system", "content": SYSTEM}, {"role": "user", "content": _message(spec_text, diff)}])
+    verdict = parse_verdict(text)
     summary = f"{verdict['verdict']} by {endpoint.model}" + (f": {'; '.join(verdict['reasons'])}"
                                                              if verdict["reasons"] else "")
     return dict(verdict, model=endpoint.model, summary=summary[:1500])
