@@ -21,6 +21,7 @@ import pytest
 
 from tests.conftest import REPO_ROOT
 from tests.integration.conftest import VENV_BIN
+from tests.unit.test_schedule_entries import cron_command_part
 
 HOSTILE = "x'; touch PWNED #50% $(id) \\% \"q\""
 
@@ -99,23 +100,6 @@ class Schedule:
 
     def records_read(self) -> list[dict]:
         return [json.loads(line) for line in self.records.read_text().splitlines()] if self.records.exists() else []
-
-
-def cron_command_part(field: str) -> str:
-    """What Debian's cron (do_command.c, patch Handle-escapes-in-job-input) hands to the shell."""
-    out, escaped = [], False
-    for char in field:
-        if escaped:
-            escaped = False
-            if char in "%\\":
-                out[-1] = char
-            else:
-                out.append(char)
-            continue
-        assert char != "%", f"an unescaped % would end the command (the rest becomes stdin): {field!r}"
-        out.append(char)
-        escaped = char == "\\"
-    return "".join(out)
 
 
 def run_like_cron(command: str, home: Path) -> subprocess.CompletedProcess:

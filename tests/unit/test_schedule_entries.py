@@ -94,10 +94,8 @@ def test_the_environment_must_be_shell_names():
         render.specfleet_schedule_script(entries(), {"repo_dir": "/srv", "env": {"A B": "1"}})
 
 
-@pytest.mark.parametrize("path", ["/opt/spec fleet/run.sh", "/opt/50%/run.sh", "/opt/it's/%%/run.sh"])
-def test_a_cron_command_survives_crons_percent_handling(path):
-    """Debian's cron (do_command.c with Handle-escapes-in-job-input): ``\\%`` -> ``%``, ``%`` ends the command."""
-    field = render.cron_command(path)
+def cron_command_part(field: str) -> str:
+    """What Debian's cron (do_command.c, patch Handle-escapes-in-job-input) hands to the shell."""
     out, escaped = [], False
     for char in field:
         if escaped:
@@ -107,8 +105,15 @@ def test_a_cron_command_survives_crons_percent_handling(path):
             else:
                 out.append(char)
             continue
-        assert char != "%", f"an unescaped % would cut {field!r}"
+        assert char != "%", f"an unescaped % would end the command (the rest becomes stdin): {field!r}"
         out.append(char)
         escaped = char == "\\"
-    result = subprocess.run(["/bin/sh", "-c", "printf '%s' " + "".join(out)], capture_output=True, text=True, check=True)
+    return "".join(out)
+
+
+@pytest.mark.parametrize("path", ["/opt/spec fleet/run.sh", "/opt/50%/run.sh", "/opt/it's/%%/run.sh"])
+def test_a_cron_command_survives_crons_percent_handling(path):
+    """Debian's cron (do_command.c with Handle-escapes-in-job-input): ``\\%`` -> ``%``, ``%`` ends the command."""
+    command = cron_command_part(render.cron_command(path))
+    result = subprocess.run(["/bin/sh", "-c", "printf '%s' " + command], capture_output=True, text=True, check=True)
     assert result.stdout == path
