@@ -58,7 +58,9 @@ class ActionModule(ActionBase):
 
     def _approve(self, result, root, project, approve, names, default):
         if self._task.check_mode:
-            return dict(result, changed=False, msg="check mode: nothing moved")
+            would = planning.approve(root, project, approve, names, default, dry_run=True)
+            return dict(result, changed=bool(would), approved=would,
+                        msg=f"check mode: {', '.join(would)} would move into specs/{project}/")
         moved = planning.approve(root, project, approve, names, default)
         return dict(result, changed=True, approved=moved,
                     msg=f"{project}: {len(moved)} specs moved into specs/{project}/ ({', '.join(moved)}); "
@@ -70,11 +72,15 @@ class ActionModule(ActionBase):
         if not raw:
             raise planning.PlanError("specfleet_plan_endpoint is not set in the inventory (base_url, model, "
                                      "api_key_var naming the vault variable with the key)")
-        endpoint = chat.Endpoint.from_vars(self._templar.template(raw), self._lookup(task_vars),
-                                           "specfleet_plan_endpoint")
+        # api_key_var is a name: it is not templated (a template there would put the key in messages).
+        settings_only = {k: v for k, v in raw.items() if k != "api_key_var"} if isinstance(raw, dict) else raw
+        templated = self._templar.template(settings_only)
+        if isinstance(templated, dict):
+            templated = dict(templated, api_key_var=raw.get("api_key_var"))
+        endpoint = chat.Endpoint.from_vars(templated, self._lookup(task_vars), "specfleet_plan_endpoint")
         settings = planning.Settings(rounds=max(1, args["rounds"]), max_specs=max(1, args["max_specs"]))
         if args["template"]:
-            settings.template = Path(args["template"])
+            settings.template = Path(args["template"]).expanduser().resolve()
         lines: list[str] = []
         plan = planning.make_plan(endpoint, root, project, direction, settings, names, default, log=lines.append)
         if self._task.check_mode:

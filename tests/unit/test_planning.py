@@ -151,12 +151,20 @@ def test_an_endpoint_that_is_down_and_prose_answers_are_named(projects, chat):
 
 def test_landing_never_overwrites_and_approval_checks_the_whole_project(projects, chat):
     projects.project("demo")
-    server = chat(answer(good()), answer(good()))
+    server = chat(answer(good()), answer(good()), answer([spec("S05-more", ["src/more.py"])]))
     plan = make(projects, endpoint(server), planning.Settings())
+    pending = projects.specs_root / "demo" / "pending"
+    pending.mkdir()
+    (pending / "S03-tests.md").write_text("someone else's file\n")
+    with pytest.raises(planning.PlanError, match="S03-tests.md exist already; nothing was written"):
+        planning.land(projects.specs_root, "demo", plan)
+    assert [p.name for p in pending.iterdir()] == ["S03-tests.md"]
+    (pending / "S03-tests.md").unlink()
     planning.land(projects.specs_root, "demo", plan)
+    # A second plan is told about the pending ids and picks new ones.
     again = make(projects, endpoint(server), planning.Settings())
-    with pytest.raises(planning.PlanError, match="exist already; nothing was written"):
-        planning.land(projects.specs_root, "demo", again)
+    assert again.task_ids == ["S05-more"] and again.rounds == 2
+    assert "pending/S01-util.md: a pending spec has that name" in server.requests[2]["body"]["messages"][3]["content"]
     with pytest.raises(planning.PlanError, match="not pending in specs/demo/pending/: S99"):
         planning.approve(projects.specs_root, "demo", ["S99"], default_executor="glm")
     # S02 depends on S01: approving it alone would leave the project with an unknown dependency.
@@ -175,3 +183,35 @@ def test_direction_from_a_file_and_bad_directions(tmp_path):
         planning.read_direction("  ", None)
     with pytest.raises(planning.PlanError, match="not both"):
         planning.read_direction("x", str(file))
+
+
+def test_names_the_validator_would_skip_and_paths_of_a_relative_repository_are_caught(projects, chat):
+    folder = projects.project("demo", config="repository: ../../repo\nbase_branch: main\nverify: pytest -q\n")
+    assert (folder / "../../repo").resolve() == projects.repo.resolve()
+    reserved = spec("SHARED_CONTEXT", ["src/app.py"])
+    nowhere = spec("S02-x", ["nowhere/deep/x.py"])
+    server = chat(answer([reserved, nowhere]))
+    with pytest.raises(planning.PlanInvalid) as caught:
+        make(projects, endpoint(server), planning.Settings(rounds=1))
+    text = "\n".join(caught.value.problems)
+    assert "SHARED_CONTEXT.md: specfleet does not read this file name as a spec" in text
+    assert "'nowhere/deep/x.py' points nowhere" in text
+
+
+def test_ordinary_words_are_not_placeholders_and_the_real_answer_follows_an_example(projects, chat):
+    projects.project("demo")
+    todo = spec("S01-todo", ["src/todo.py"], title="A todo list page")
+    example = json.dumps({"specs": []})
+    real = json.dumps({"plan": PLAN, "specs": [todo]})
+    server = chat(completion(f"For example:\n```json\n{example}\n```\nThe split:\n```json\n{real}\n```"))
+    plan = planning.make_plan(endpoint(server), projects.specs_root, "demo", "Build a todo list page, TODO-free",
+                              planning.Settings(), default_executor="glm")
+    assert plan.task_ids == ["S01-todo"] and plan.rounds == 1
+
+
+def test_the_key_variable_must_be_a_name_and_is_never_echoed():
+    with pytest.raises(ValueError, match="must be the \\*name\\* of the variable") as caught:
+        chatapi.Endpoint.from_vars({"base_url": "http://x", "model": "m", "api_key_var": KEY}, {}.get, "e")
+    assert KEY not in str(caught.value)
+    with pytest.raises(ValueError, match="variable vault_k \\(the API key\\) is not set"):
+        chatapi.Endpoint.from_vars({"base_url": "http://x", "model": "m", "api_key_var": "vault_k"}, {}.get, "e")

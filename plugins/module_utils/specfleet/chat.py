@@ -11,6 +11,7 @@ does the HTTP and retries 429, 5xx and timeouts with exponential backoff (honour
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,9 +40,13 @@ class Endpoint:
         missing = [k for k in ("base_url", "model", "api_key_var") if not value.get(k)]
         if missing:
             raise ValueError(f"{name}: missing {', '.join(missing)}")
-        key = lookup(str(value["api_key_var"]))
+        var = str(value["api_key_var"])
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", var):  # never echoed: it may be the key itself
+            raise ValueError(f"{name}: api_key_var must be the *name* of the variable holding the key "
+                             "(e.g. vault_minimax_api_key), not a template or the key")
+        key = lookup(var)
         if not key:
-            raise ValueError(f"{name}: variable {value['api_key_var']} (the API key) is not set")
+            raise ValueError(f"{name}: variable {var} (the API key) is not set")
         try:
             return cls(str(value["base_url"]), str(value["model"]), str(key), float(value.get("timeout", 120)),
                        int(value.get("retries", 2)))

@@ -32,8 +32,9 @@ from . import chat
 from .controller import REPO_ROOT
 from .graph import SpecGraph
 from .paths import sets_overlap
-from .project import RepositoryError, repository_files
+from .project import RepositoryError, load_project, repository_files
 from .validation import validate_project
+from .workspace import read_at as _read_at
 
 TEMPLATES = REPO_ROOT / "templates" / "plan"
 PROMPT_VERSION = "v1"
@@ -42,7 +43,9 @@ SYSTEM = ("You are the planner of specfleet. You split one direction into atomic
 SPEC_KEYS = ("task_id", "title", "priority", "depends_on", "modifies", "executor", "estimate", "timeout", "verify",
              "goal", "constraints", "acceptance", "do_not")
 PLAN_KEYS = ("summary", "milestones", "modules", "contract", "risks")
-PLACEHOLDER = re.compile(r"\b(TODO|TBD|FIXME|XXX)\b|<fill|lorem ipsum", re.I)
+# Looked for in the sections only (not in paths or the direction), and only as the markers
+# people write: "a todo list" is a feature, "TODO:" is unfinished work.
+PLACEHOLDER = re.compile(r"\b(TODO|TBD|FIXME|XXX)\b|\blorem ipsum\b|<fill[ -]in>")
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 TREE_LIMIT = 400
 CONTEXT_LIMIT = 12000
@@ -121,23 +124,29 @@ def prompt(settings: Settings, project: str, direction: str, specs_root: Path, d
         raise PlanError(f"project {project}: {exc}") from None
     context = {}
     for name in ("CLAUDE.md", "AGENTS.md", *config.context_files, "SHARED_CONTEXT.md"):
-        path = config.folder / name
-        if name not in context and path.is_file():
-            context[name] = path.read_text(encoding="utf-8", errors="replace")[:CONTEXT_LIMIT]
+        if name in context:
+            continue
+        path = config.folder / name  # the spec folder first, then the repository's base branch
+        text = path.read_text(encoding="utf-8", errors="replace") if path.is_file() else (
+            "" if config.is_remote else _read_at(config.repository, config.base_branch, name))
+        if text.strip():
+            context[name] = text[:CONTEXT_LIMIT]
     existing = [{"task_id": s.task_id, "title": s.front_matter.get("title") or _first_line(s.sections.get("goal", "")),
                  "depends_on": list(s.depends_on), "modifies": list(s.modifies)} for s in report.specs.values()]
+    existing += [{"task_id": p.name[:-3] + " (pending approval)", "title": "", "depends_on": [], "modifies": []}
+                 for p in sorted((config.folder / "pending").glob("*.md")) if not p.name.startswith(("_", "."))]
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(settings.template.parent)), autoescape=False,
-                             undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+                             undefined=jinja2.StrictUndefined, keep_trailing_newline=True, trim_blocks=True,
+                             lstrip_blocks=True)
     try:
-        template = env.get_template(settings.template.name)
-    except jinja2.TemplateError as exc:
-        raise PlanError(f"prompt template {settings.template}: {exc}") from None
-    return template.render(
+        return env.get_template(settings.template.name).render(
         project=project, description=config.description or "", direction=direction, base_branch=config.base_branch,
         verify=config.verify or "", test_command=config.test_command or "", executors=sorted(executors or []),
         default_executor=default_executor or "", tree=tree[:TREE_LIMIT], tree_total=len(tree), context=context,
         existing=sorted(existing, key=lambda s: s["task_id"]), max_specs=settings.max_specs,
         min_minutes=settings.min_estimate_s // 60, max_minutes=settings.max_estimate_s // 60)
+    except jinja2.TemplateError as exc:
+        raise PlanError(f"prompt template {settings.template}: {exc}") from None
 
 
 def _first_line(text: str) -> str:
@@ -148,22 +157,13 @@ def _first_line(text: str) -> str:
 
 def parse_answer(text: str) -> dict:
     """The model's text -> ``{"plan": {...}, "specs": [...]}``; :class:`ValueError` says what is wrong."""
-    body = (text or "").strip()
-    fenced = re.search(r"```(?:json|yaml|yml)?\s*\n(.*?)```", body, re.S)
-    if fenced:
-        body = fenced.group(1).strip()
-    data: Any = None
-    start, end = body.find("{"), body.rfind("}")
-    if start >= 0 and end > start:
-        try:
-            data = json.loads(body[start:end + 1])
-        except ValueError:
-            data = None
-    if data is None:
-        try:
-            data = yaml.safe_load(body)
-        except yaml.YAMLError:
-            data = None
+    whole = (text or "").strip()
+    # The answer, or the first fenced block that holds a plan and specs (prose may show a small example first).
+    candidates = [block.strip() for block in re.findall(r"```(?:json|yaml|yml)?[ \t]*\n(.*?)```", whole, re.S)]
+    loaded = [_load(body) for body in [*candidates, whole]]
+    mappings = [d for d in loaded if isinstance(d, dict)]
+    data: Any = next((d for d in mappings if "specs" in d and "plan" in d), None) or next(
+        (d for d in mappings if "specs" in d or "plan" in d), None) or (mappings[0] if mappings else None)
     if not isinstance(data, dict):
         raise ValueError("the answer is not one JSON object (nor YAML mapping) with keys plan and specs: "
                          f"{(text or '').strip()[:200]!r}")
@@ -179,6 +179,19 @@ def parse_answer(text: str) -> dict:
     if problems:
         raise ValueError("; ".join(problems))
     return data
+
+
+def _load(body: str) -> Any:
+    start, end = body.find("{"), body.rfind("}")
+    if start >= 0 and end > start:
+        try:
+            return json.loads(body[start:end + 1])
+        except ValueError:
+            pass
+    try:
+        return yaml.safe_load(body)
+    except yaml.YAMLError:
+        return None
 
 
 def _listing(value: Any) -> str:
@@ -202,6 +215,8 @@ def render_spec(project: str, item: Any, index: int, direction: str, model: str)
     for key in ("title", "priority", "depends_on", "modifies", "executor", "estimate", "timeout", "verify"):
         if item.get(key) not in (None, ""):
             front[key] = item[key]
+    if isinstance(front.get("title"), str):
+        front["title"] = " ".join(front["title"].split())[:200]  # one line: it labels the graph and the table
     front["direction"] = " ".join(direction.split())[:300]
     front["model"] = model
     sections = [("Goal", item.get("goal")), ("Constraints", item.get("constraints")),
@@ -211,7 +226,7 @@ def render_spec(project: str, item: Any, index: int, direction: str, model: str)
         if title != "Constraints" and not _listing(value):
             problems.append(f"{task_id}: section {title} is empty")
     text = "---\n" + yaml.safe_dump(front, sort_keys=False, allow_unicode=True, default_flow_style=None) + "---\n" + body
-    found = PLACEHOLDER.search(text)
+    found = PLACEHOLDER.search(body)
     if found:
         problems.append(f"{task_id}: contains the placeholder {found.group(0)!r}; write the real content")
     return f"{task_id}.md", text, problems
@@ -219,24 +234,53 @@ def render_spec(project: str, item: Any, index: int, direction: str, model: str)
 
 # -- validation of a whole split ------------------------------------------------------------------
 
-def check(specs_root: Path, project: str, rendered: Mapping[str, str], executors: Iterable[str] | None,
-          default_executor: str | None, settings: Settings) -> list[str]:
-    """Problems of the project with ``rendered`` added, that the project alone does not have."""
+def _trial(specs_root: Path, project: str, scratch: str) -> Path:
+    """A copy of the project folder (without pending/) whose project.yml names the same repository."""
     folder = specs_root / project
+    trial = Path(scratch) / project
+    shutil.copytree(folder, trial, ignore=shutil.ignore_patterns("pending", ".*"))
+    config, problems = load_project(folder, project, f"specs/{project}/project.yml")
+    if config is None:
+        raise PlanError("; ".join(map(str, problems)))
+    if not config.is_remote:  # a relative repository is relative to the project folder, not to the copy
+        data = yaml.safe_load((folder / "project.yml").read_text(encoding="utf-8")) or {}
+        data["repository"] = str(config.repository)
+        (trial / "project.yml").write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    return trial
+
+
+def _key(problem: Any) -> tuple:
+    """A problem without its hint (hints list ids, which the new specs change)."""
+    return (problem.path, problem.field, problem.message)
+
+
+def check(specs_root: Path, project: str, rendered: Mapping[str, str], executors: Iterable[str] | None,
+          default_executor: str | None, settings: Settings, approving: bool = False) -> list[str]:
+    """Problems of the project with ``rendered`` added, that the project alone does not have."""
     executors = None if executors is None else list(executors)
+    pending = set() if approving else {p.name for p in (specs_root / project / "pending").glob("*.md")}
     with tempfile.TemporaryDirectory(prefix="specfleet-plan-") as scratch:
-        trial = Path(scratch) / project
-        shutil.copytree(folder, trial, ignore=shutil.ignore_patterns("pending", ".*"))
-        before = {str(p) for p in validate_project(scratch, project, executors, default_executor,
-                                                   display_root="specs").problems}
+        trial = _trial(specs_root, project, scratch)
+        baseline = validate_project(scratch, project, executors, default_executor, display_root="specs")
+        broken = [p for p in baseline.problems if p.path.endswith("project.yml") or "repository" in (p.field or "")]
+        if broken:
+            raise PlanError("the project itself is not valid, so no split can be checked: "
+                            + "; ".join(map(str, broken)))
+        before = {_key(p) for p in baseline.problems}
         clashes = [f"specs/{project}/{name}: a spec file of that name exists already; choose another task_id"
                    for name in rendered if (trial / name).exists()]
+        clashes += [f"specs/{project}/pending/{name}: a pending spec has that name (approve or delete it first, "
+                    "or choose another task_id)" for name in rendered if name in pending]
         if clashes:
             return clashes
         for name, text in rendered.items():
             (trial / name).write_text(text, encoding="utf-8")
         report = validate_project(scratch, project, executors, default_executor, display_root="specs")
-    problems = [str(p) for p in report.problems if str(p) not in before]
+    problems = [str(p) for p in report.problems if _key(p) not in before]
+    parsed = {Path(s.path).name for s in report.specs.values()}
+    problems += [f"specs/{project}/{name}: specfleet does not read this file name as a spec (a context file, "
+                 f"README or an ignored name: {report.ignored.get('specs/' + project + '/' + name, 'not a spec')}); "
+                 "choose another task_id" for name in rendered if name not in parsed]
     new = {name[:-3] for name in rendered}
     specs = {tid: s for tid, s in report.specs.items() if tid in new}
     for task_id, spec in sorted(specs.items()):
@@ -245,7 +289,8 @@ def check(specs_root: Path, project: str, rendered: Mapping[str, str], executors
             problems.append(f"specs/{project}/{task_id}.md: field 'estimate' is missing: each spec is "
                             f"{settings.min_estimate_s // 60}-{settings.max_estimate_s // 60} minutes of agent work")
         elif not settings.min_estimate_s <= seconds <= settings.max_estimate_s:
-            problems.append(f"specs/{project}/{task_id}.md: field 'estimate': {seconds // 60}m is outside "
+            shown = f"{seconds // 60}m" if seconds >= 60 else f"{seconds}s"
+            problems.append(f"specs/{project}/{task_id}.md: field 'estimate': {shown} is outside "
                             f"{settings.min_estimate_s // 60}-{settings.max_estimate_s // 60} minutes of agent work: "
                             + ("split it" if seconds > settings.max_estimate_s else "merge it with a neighbour"))
         if not spec.modifies:
@@ -263,6 +308,13 @@ def check(specs_root: Path, project: str, rendered: Mapping[str, str], executors
                                 "neither depends on the other: they could run at once and trample each other "
                                 "(order them with depends_on, or give each its own files)")
     return problems
+
+
+def _shown(path: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)
 
 
 def mermaid(specs: Mapping[str, Any]) -> str:
@@ -301,14 +353,14 @@ def _section(value: Any) -> str:
 
 
 def plan_document(data: dict, direction: str, model: str, rounds: int, project: str, specs: Mapping[str, Any],
-                  stamp: str) -> str:
+                  stamp: str, template: Path = TEMPLATES / f"{PROMPT_VERSION}.md.j2") -> str:
     plan = data["plan"]
     rows = "\n".join(f"| {tid} | {str(s.front_matter.get('title') or '').replace('|', '/')} | "
                      f"{', '.join(s.depends_on) or '-'} | {', '.join(s.modifies)} | "
                      f"{s.front_matter.get('estimate', '-')} |" for tid, s in sorted(specs.items()))
     return (f"# Execution plan: {project}\n\n"
             f"- direction: {' '.join(direction.split())}\n- model: {model}\n"
-            f"- prompt: templates/plan/{PROMPT_VERSION}.md.j2\n- planned: {stamp}\n- rounds: {rounds}\n\n"
+            f"- prompt: {_shown(template)}\n- planned: {stamp}\n- rounds: {rounds}\n\n"
             + (f"{str(plan.get('summary')).strip()}\n\n" if plan.get("summary") else "")
             + f"## Milestones\n\n{_section(plan.get('milestones'))}\n\n"
             f"## Module boundaries\n\n{_section(plan.get('modules'))}\n\n"
@@ -354,7 +406,8 @@ def make_plan(endpoint: chat.Endpoint, specs_root: Path, project: str, direction
         if not problems:
             final = _report(specs_root, project, rendered, executors, default_executor)
             stamp = time.strftime("%Y-%m-%d %H:%M:%S %z")
-            return Plan(rendered, plan_document(data, direction, endpoint.model, round_no, project, final, stamp),
+            return Plan(rendered, plan_document(data, direction, endpoint.model, round_no, project, final, stamp,
+                                                settings.template),
                         endpoint.model, round_no, history, sorted(final))
         messages += [{"role": "assistant", "content": text},
                      {"role": "user", "content": "Your split is not valid. Fix every problem below and answer again "
@@ -366,8 +419,7 @@ def make_plan(endpoint: chat.Endpoint, specs_root: Path, project: str, direction
 def _report(specs_root: Path, project: str, rendered: Mapping[str, str], executors, default_executor) -> dict:
     """The new specs as the validator parses them (for the plan document)."""
     with tempfile.TemporaryDirectory(prefix="specfleet-plan-") as scratch:
-        trial = Path(scratch) / project
-        shutil.copytree(specs_root / project, trial, ignore=shutil.ignore_patterns("pending", ".*"))
+        trial = _trial(specs_root, project, scratch)
         for name, text in rendered.items():
             (trial / name).write_text(text, encoding="utf-8")
         report = validate_project(scratch, project, executors, default_executor, check_repository=False)
@@ -389,10 +441,11 @@ def land(specs_root: Path, project: str, plan: Plan, into: str = "pending") -> l
     if taken:
         raise PlanError(f"specs/{project}/{'pending/' if into == 'pending' else ''}: {', '.join(sorted(taken))} "
                         "exist already; nothing was written")
-    folder.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".plan-", dir=folder))
     moved: list[Path] = []
+    staging = None
     try:
+        folder.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".plan-", dir=folder))
         for name, text in files.items():
             (staging / name).write_text(text, encoding="utf-8")
         for name in files:
@@ -404,12 +457,13 @@ def land(specs_root: Path, project: str, plan: Plan, into: str = "pending") -> l
             path.unlink(missing_ok=True)
         raise PlanError(f"specs/{project}: could not write the plan ({exc}); nothing was written") from None
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
     return moved
 
 
 def approve(specs_root: Path, project: str, which: Sequence[str] | str, executors: Iterable[str] | None = None,
-            default_executor: str | None = None) -> list[str]:
+            default_executor: str | None = None, dry_run: bool = False) -> list[str]:
     """Move approved pending specs into the project once the project with them is valid; -> task ids."""
     pending = specs_root / project / "pending"
     available = {p.name[:-3]: p for p in sorted(pending.glob("*.md")) if not p.name.startswith(("_", "."))}
@@ -422,12 +476,22 @@ def approve(specs_root: Path, project: str, which: Sequence[str] | str, executor
                         + ", ".join(sorted(available)))
     rendered = {available[w].name: available[w].read_text(encoding="utf-8") for w in wanted}
     problems = check(specs_root, project, rendered, executors, default_executor,
-                     Settings(min_estimate_s=0, max_estimate_s=10 ** 9))
+                     Settings(min_estimate_s=0, max_estimate_s=10 ** 9), approving=True)
     problems = [p for p in problems if "field 'estimate' is missing" not in p]
     if problems:
         raise PlanError("the project with these specs is not valid; nothing was moved:\n"
                         + "\n".join(f"  {p}" for p in problems))
+    if dry_run:
+        return wanted
+    moved: list[Path] = []
+    try:
+        for name in rendered:  # link all first: a name taken meanwhile stops the whole batch
+            os.link(pending / name, specs_root / project / name)
+            moved.append(specs_root / project / name)
+    except OSError as exc:
+        for path in moved:
+            path.unlink(missing_ok=True)
+        raise PlanError(f"specs/{project}: could not move the specs ({exc}); nothing was moved") from None
     for name in rendered:
-        os.link(pending / name, specs_root / project / name)
         (pending / name).unlink()
     return wanted
