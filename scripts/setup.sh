@@ -35,4 +35,8 @@ else
     .venv/bin/python -m pip install -q -r requirements.txt
 fi
 .venv/bin/ansible-galaxy collection install -r requirements.yml >/dev/null
+# The specfleet command: the venv's Python running the CLI in plugins/module_utils/specfleet.
+printf '#!/bin/sh\nPYTHONPATH="%s/plugins/module_utils${PYTHONPATH:+:$PYTHONPATH}" exec "%s/.venv/bin/python" -m specfleet.cli "$@"\n' \
+    "$PWD" "$PWD" > .venv/bin/specfleet
+chmod 0755 .venv/bin/specfleet
 echo "setup: ready ($(.venv/bin/ansible --version | head -n1))"

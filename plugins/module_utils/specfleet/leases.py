@@ -244,8 +244,18 @@ class LeaseBook:
 
     # -- the grant pass -------------------------------------------------------------------
 
+    def preview(self, project: str, nodes: Sequence[NodeInfo], done: frozenset[SpecState] = DEPENDENCY_MERGED
+                ) -> PassResult:
+        """What a scheduling pass would do now, and why each ready spec would wait; changes nothing."""
+        try:
+            self.grant(project, nodes, done=done, _dry_run=True)
+        except _Rollback as rolled:
+            return rolled.result
+        raise AssertionError("unreachable")  # pragma: no cover
+
     def grant(self, project: str, nodes: Sequence[NodeInfo], limit: int | None = None,
-              only: Collection[str] | None = None, done: frozenset[SpecState] = DEPENDENCY_MERGED) -> PassResult:
+              only: Collection[str] | None = None, done: frozenset[SpecState] = DEPENDENCY_MERGED,
+              _dry_run: bool = False) -> PassResult:
         """One scheduling pass for ``project``: block the doomed, start what may start.
 
         ``only`` limits the starts to the specs this run took on (a dispatch run never
@@ -324,7 +334,7 @@ class LeaseBook:
                 else:
                     node = choose_node(nodes, used, row["executor"], unavailable)
                     if node is None:
-                        result.waiting[task_id] = "no free slot on a healthy node that runs " + str(row["executor"])
+                        result.waiting[task_id] = _no_slot(nodes, unavailable, row["executor"])
                         continue
                     slot = min(set(range(node.slots)) - taken.get(node.name, set()))
                     grant = self._start(db, row, node.name, slot, repository, modifies, stamp)
@@ -332,6 +342,8 @@ class LeaseBook:
                     taken.setdefault(node.name, set()).add(slot)
                 held = others + [(p, task_id, project) for p in modifies]
                 result.granted.append(grant)
+            if _dry_run:
+                raise _Rollback(result)
         return result
 
     def expire(self) -> int:
@@ -575,13 +587,32 @@ class LeaseBook:
         return row["stop"] if row else None
 
 
+class _Rollback(Exception):
+    """Ends a preview's transaction without committing it."""
+
+    def __init__(self, result: PassResult):
+        super().__init__("preview")
+        self.result = result
+
+
+def _no_slot(nodes: Sequence[NodeInfo], unavailable: Collection[str], executor: str | None) -> str:
+    """Why no node takes a spec: every capable node is busy, or out (quarantined, taken out)."""
+    capable = [n for n in nodes if n.enabled and n.slots > 0 and n.runs(executor)]
+    up = [n for n in capable if n.name not in unavailable]
+    if capable and not up:
+        return (f"every node that runs {executor} is quarantined or taken out ("
+                + ", ".join(n.name for n in capable) + ")")
+    return f"no free slot on a healthy node that runs {executor}" + (
+        f" ({len(up)} busy)" if up else "")
+
+
 def _upsert_nodes(db, nodes: Sequence[NodeInfo], stamp: float) -> None:
-    """Record the inventory's view of each node (slots, enabled, priority); health is kept."""
+    """Record the inventory's view of each node (slots, enabled, priority, labels); health is kept."""
     db.executemany(
-        "INSERT INTO nodes (name, slots, enabled, priority, updated_at) VALUES (?, ?, ?, ?, ?)"
+        "INSERT INTO nodes (name, slots, enabled, priority, labels_json, updated_at) VALUES (?, ?, ?, ?, ?, ?)"
         " ON CONFLICT(name) DO UPDATE SET slots = excluded.slots, enabled = excluded.enabled,"
-        " priority = excluded.priority, updated_at = excluded.updated_at",
-        [(n.name, n.slots, int(n.enabled), n.priority, stamp) for n in nodes])
+        " priority = excluded.priority, labels_json = excluded.labels_json, updated_at = excluded.updated_at",
+        [(n.name, n.slots, int(n.enabled), n.priority, json.dumps(sorted(n.labels)), stamp) for n in nodes])
 
 
 def _marks(values: Collection) -> str:

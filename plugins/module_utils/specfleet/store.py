@@ -254,6 +254,7 @@ ALTER TABLE nodes ADD COLUMN disabled_reason TEXT;
 ALTER TABLE nodes ADD COLUMN disabled_at REAL;
 ALTER TABLE nodes ADD COLUMN facts_json TEXT;
 ALTER TABLE nodes ADD COLUMN checked_at REAL;
+ALTER TABLE nodes ADD COLUMN labels_json TEXT;
 """),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]

@@ -1,0 +1,312 @@
+# Copyright: specfleet contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The ``specfleet`` command: the seeds' ``dispatch start|status|report|...`` on top of the playbooks.
+
+Commands that act run the repository's playbooks through ansible-runner (its events, its
+artifacts under ``$SPECFLEET_HOME/runner/``, its exit status); none re-implements a
+playbook. ``status`` and ``report`` read the state store directly and answer at once.
+
+Exit codes:
+
+=====  ====================================================================
+0      done (status: nothing failed or blocked in the projects shown)
+1      the playbook failed (e.g. a spec did not merge), or status shows failed or blocked specs
+2      bad input: unknown project, bad arguments, an invalid spec (the playbook's own exit 2)
+3      the state store cannot be read
+4      an unreachable node stopped the playbook (ansible's exit 4)
+=====  ====================================================================
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sqlite3
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .controller import REPO_ROOT, resolve_db
+from .fleet import NodeInfo
+from .leases import LeaseBook
+from .states import SpecState
+from .store import Store, StoreError
+
+EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_STORE, EXIT_UNREACHABLE = 0, 1, 2, 3, 4
+PLAYBOOKS = {
+    "plan": "playbooks/plan.yml", "validate": "playbooks/validate.yml", "start": "dispatch.yml",
+    "collect": "playbooks/collect.yml", "verify": "playbooks/verify.yml", "merge": "playbooks/merge.yml",
+    "review": "playbooks/review.yml", "stop": "playbooks/stop.yml", "cancel": "playbooks/stop.yml",
+    "rescue": "playbooks/rescue.yml", "cleanup": "playbooks/cleanup.yml", "health": "playbooks/health.yml",
+    "bootstrap": "bootstrap.yml", "report": "playbooks/report.yml",
+}
+STATE_ORDER = [s.value for s in SpecState]
+
+
+# -- status: the store, read directly ---------------------------------------------------------
+
+def status(db_path: str, project: str | None = None) -> dict[str, Any]:
+    """Nodes, counts by state, running specs and why the queued ones wait (JSON-ready)."""
+    if not Path(db_path).exists():
+        return {"db": db_path, "nodes": [], "projects": {}, "running": [], "waiting": []}
+    with Store(db_path) as store:
+        db = store.db
+        stamp = time.time()
+        used = {r["node"]: r["n"] for r in db.execute("SELECT node, count(*) AS n FROM slot_leases GROUP BY node")}
+        nodes = []
+        for row in db.execute("SELECT * FROM nodes ORDER BY priority, name"):
+            out = row["disabled_by"] is not None
+            quarantined = row["health"] == "quarantined" and (row["quarantined_until"] or 0) > stamp
+            health = ("out" if out else "quarantined" if quarantined else "disabled" if not row["enabled"]
+                      else row["health"])
+            nodes.append({"name": row["name"], "slots": row["slots"], "in_use": used.get(row["name"], 0),
+                          "health": health, "reason": (row["disabled_reason"] if out else row["health_reason"]
+                                                       if quarantined else None)})
+        where, params = ("WHERE project = ?", (project,)) if project else ("", ())
+        counts: dict[str, dict[str, int]] = {}
+        for row in db.execute(f"SELECT project, state, count(*) AS n FROM specs {where} GROUP BY project, state",
+                              params):
+            counts.setdefault(row["project"], {})[row["state"]] = row["n"]
+        running = [{"project": r["project"], "task_id": r["task_id"], "node": r["node"], "slot": r["slot"],
+                    "attempt": r["number"], "elapsed_s": round(stamp - r["acquired_at"], 1)}
+                   for r in db.execute(
+                       "SELECT l.project, l.task_id, l.node, l.slot, l.acquired_at, a.number FROM slot_leases l "
+                       "LEFT JOIN attempts a ON a.id = l.attempt_id"
+                       + (" WHERE l.project = ?" if project else "") + " ORDER BY l.acquired_at", params)]
+        waiting = []
+        infos = [NodeInfo(n["name"], n["slots"], n["priority"], frozenset(json.loads(n["labels_json"] or "[]")),
+                          bool(n["enabled"]))
+                 for n in db.execute("SELECT name, slots, priority, labels_json, enabled FROM nodes")]
+        for name in sorted(counts):
+            waiting += _waiting(store, name, infos)
+    return {"db": db_path, "nodes": nodes, "projects": counts, "running": running, "waiting": waiting}
+
+
+def _waiting(store: Store, project: str, nodes: list[NodeInfo]) -> list[dict]:
+    """Why each queued spec of ``project`` waits, from a scheduling pass that is rolled back."""
+    rows = {r["task_id"]: r for r in store.db.execute(
+        "SELECT task_id, state, depends_on_json, priority FROM specs WHERE project = ?", (project,))}
+    queued = sorted((t for t, r in rows.items() if r["state"] == SpecState.QUEUED.value),
+                    key=lambda t: (rows[t]["priority"], t))
+    if not queued:
+        return []
+    preview = LeaseBook(store).preview(project, nodes) if nodes else None
+    out = []
+    for task_id in queued:
+        deps = json.loads(rows[task_id]["depends_on_json"])
+        unmet = [d for d in deps if d not in rows or rows[d]["state"] != SpecState.MERGED.value]
+        if unmet:
+            first = unmet[0]
+            reason = f"dependency {first} is {rows[first]['state'] if first in rows else 'missing'}"
+        elif preview is None:
+            reason = "no node known yet (the first dispatch records the inventory's nodes)"
+        elif task_id in preview.waiting:
+            reason = preview.waiting[task_id]
+        elif any(g.task_id == task_id for g in preview.granted):
+            reason = "ready: the next scheduling pass starts it"
+        else:
+            reason = preview.blocked.get(task_id, "ready")
+        out.append({"project": project, "task_id": task_id, "reason": reason})
+    return out
+
+
+def _elapsed(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    cells = [list(map(str, header))] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
+
+
+def render_status(data: dict[str, Any]) -> str:
+    lines = []
+    if data["nodes"]:
+        lines += _table(["NODE", "SLOTS", "HEALTH", "WHY"],
+                        [(n["name"], f"{n['in_use']}/{n['slots']}", n["health"], n["reason"] or "")
+                         for n in data["nodes"]]) + [""]
+    else:
+        lines += ["no node recorded yet (bootstrap.yml or a dispatch records them)", ""]
+    if data["projects"]:
+        states = [s for s in STATE_ORDER if any(s in c for c in data["projects"].values())]
+        lines += _table(["PROJECT", *[s.upper() for s in states]],
+                        [(p, *[c.get(s, 0) for s in states]) for p, c in sorted(data["projects"].items())]) + [""]
+    else:
+        lines += ["no project in the state store", ""]
+    if data["running"]:
+        lines += _table(["RUNNING", "PROJECT", "NODE", "SLOT", "ATTEMPT", "ELAPSED"],
+                        [(r["task_id"], r["project"], r["node"], r["slot"], r["attempt"] or "-",
+                          _elapsed(r["elapsed_s"])) for r in data["running"]]) + [""]
+    if data["waiting"]:
+        lines += _table(["WAITING", "PROJECT", "WHY"],
+                        [(w["task_id"], w["project"], w["reason"]) for w in data["waiting"]])
+    return "\n".join(lines).rstrip() + "\n"
+
+
+# -- acting commands: the playbooks through ansible-runner ---------------------------------------
+
+def _extravars(args: argparse.Namespace) -> dict[str, Any]:
+    extra: dict[str, Any] = {}
+    for item in args.extra or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(_usage(f"-e {item!r}: write KEY=VALUE"))
+        extra[key] = value
+    if getattr(args, "project", None):
+        extra["project"] = args.project
+    cmd = args.command
+    if cmd == "plan":
+        if args.approve:
+            extra["approve"] = args.approve
+        elif args.direction:
+            extra["direction"] = args.direction
+        elif args.file:
+            extra["direction_file"] = args.file
+        else:
+            raise SystemExit(_usage("plan: give --direction TEXT, --file FILE or --approve all|IDS"))
+        if args.into:
+            extra["plan_into"] = args.into
+    elif cmd == "start" and args.executor:
+        extra["specfleet_executor"] = args.executor
+    elif cmd == "review":
+        if args.approve:
+            extra["approve"] = args.approve
+        if args.reject:
+            if not args.reason:
+                raise SystemExit(_usage("review --reject needs --reason (it goes to the next attempt's prompt)"))
+            extra.update(reject=args.reject, reason=args.reason)
+    elif cmd == "cancel":
+        extra["cancel"] = True
+    elif cmd in ("rescue", "verify") and args.specs:
+        extra["specs"] = args.specs
+    elif cmd == "cleanup" and args.older_than:
+        extra["older_than"] = args.older_than
+    elif cmd == "report" and args.day:
+        extra["day"] = args.day
+    return extra
+
+
+def run_playbook(command: str, extravars: dict[str, Any], limit: str | None = None, inventory: str | None = None,
+                 check: bool = False, progress: bool = False) -> int:
+    """Run the command's playbook with ansible-runner; -> ansible-playbook's exit status."""
+    try:
+        import ansible_runner
+    except ImportError:
+        print("specfleet: ansible-runner is not installed (scripts/setup.sh installs it)", file=sys.stderr)
+        return EXIT_INPUT
+    home = Path(os.environ.get("SPECFLEET_HOME", Path.home() / ".local/state/specfleet"))
+    private = home / "runner" / f"{time.strftime('%Y%m%d-%H%M%S')}-{command}-{os.getpid()}"
+    private.mkdir(parents=True, exist_ok=True)
+    bindir = str(Path(sys.executable).parent)  # the venv's ansible-playbook, as ansible-runner looks it up
+    env = {"PATH": f"{bindir}:{os.environ.get('PATH', '/usr/bin:/bin')}", "ANSIBLE_FORCE_COLOR": "0",
+           "ANSIBLE_CONFIG": str(REPO_ROOT / "ansible.cfg")}
+    if progress and (REPO_ROOT / "plugins" / "callback" / "specfleet_progress.py").is_file():
+        env["ANSIBLE_STDOUT_CALLBACK"] = "specfleet_progress"  # one line per spec change, not per task
+    cmdline = []
+    if limit:
+        cmdline += ["--limit", limit]
+    if inventory:
+        cmdline += ["-i", str(Path(inventory).resolve())]
+    if check:
+        cmdline.append("--check")
+    old_path = os.environ.get("PATH", "")
+    os.environ["PATH"] = env["PATH"]
+    try:
+        result = ansible_runner.run(private_data_dir=str(private), project_dir=str(REPO_ROOT),
+                                    playbook=str(REPO_ROOT / PLAYBOOKS[command]), extravars=extravars,
+                                    envvars=env, cmdline=" ".join(cmdline) or None, quiet=False,
+                                    settings={"suppress_ansible_output": False})
+    finally:
+        os.environ["PATH"] = old_path
+    print(f"specfleet {command}: {result.status} (exit {result.rc}); events and output in {private}",
+          file=sys.stderr)
+    return int(result.rc if result.rc is not None else EXIT_FAILED)
+
+
+# -- the command line ------------------------------------------------------------------------------
+
+def _usage(text: str) -> int:
+    print(f"specfleet: {text}", file=sys.stderr)
+    return EXIT_INPUT
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="specfleet", description="Run coding-agent specs across SSH worker nodes.",
+                                  epilog="Exit codes: 0 done; 1 failed (or failed/blocked specs in status); "
+                                         "2 bad input; 3 state store unreadable; 4 a node unreachable.")
+    top.add_argument("--db", help="the state database (default $SPECFLEET_DB or $SPECFLEET_HOME/state.db)")
+    top.add_argument("-i", "--inventory", help="inventory for the playbooks (default: ansible.cfg's)")
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def acting(name: str, help_text: str, project: bool = True):
+        p = sub.add_parser(name, help=help_text)
+        if project:
+            p.add_argument("project")
+        p.add_argument("-e", dest="extra", action="append", metavar="KEY=VALUE", help="more extra vars")
+        p.add_argument("--check", action="store_true", help="ansible's check mode: report, change nothing")
+        return p
+
+    p = acting("plan", "split a direction into specs (pending/), or approve pending ones")
+    p.add_argument("--direction")
+    p.add_argument("--file", help="a file holding the direction, e.g. inputs/directions/<date>.md")
+    p.add_argument("--approve", help="all, or S01,S02: move pending specs into the project")
+    p.add_argument("--into", choices=["pending", "project"])
+    acting("validate", "check a project's specs")
+    p = acting("start", "dispatch a project (with live progress)")
+    p.add_argument("--executor", help="run every spec with this executor (e.g. replay)")
+    p = sub.add_parser("status", help="nodes, counts, running specs and why the queued ones wait (instant)")
+    p.add_argument("project", nargs="?")
+    p.add_argument("--json", action="store_true")
+    acting("collect", "bring back what dead runs left finished")
+    p = acting("verify", "verify completed specs")
+    p.add_argument("--specs")
+    acting("merge", "run the merge queue")
+    p = acting("review", "list the review queue, approve or reject")
+    p.add_argument("--approve", help="all, or S01,S02")
+    p.add_argument("--reject", help="a spec to revert and queue again")
+    p.add_argument("--reason")
+    p = acting("report", "write the daily report (Markdown and HTML)")
+    p.add_argument("--day", help="YYYY-MM-DD (default today)")
+    acting("stop", "drain a project's runs: start nothing new")
+    acting("cancel", "stop a project's runs and kill their jobs")
+    p = acting("rescue", "queue failed and blocked specs again")
+    p.add_argument("--specs")
+    p = acting("cleanup", "delete finished attempt directories on the nodes")
+    p.add_argument("--older-than", dest="older_than")
+    acting("health", "check every node; take unhealthy ones out", project=False)
+    p = acting("bootstrap", "make a node ready", project=False)
+    p.add_argument("node")
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.command == "status":
+        db = str(resolve_db(args.db))
+        try:
+            data = status(db, args.project)
+        except (StoreError, sqlite3.Error) as exc:
+            print(f"specfleet: state store {db}: {exc}", file=sys.stderr)
+            return EXIT_STORE
+        if args.project and args.project not in data["projects"]:
+            print(f"specfleet: no project {args.project!r} in {db}", file=sys.stderr)
+            return EXIT_INPUT
+        sys.stdout.write(json.dumps(data, indent=1, sort_keys=True) + "\n" if args.json else render_status(data))
+        bad = any(c.get(SpecState.FAILED.value) or c.get(SpecState.BLOCKED.value) for c in data["projects"].values())
+        return EXIT_FAILED if bad else EXIT_OK
+    if shutil.which("ansible-playbook", path=str(Path(sys.executable).parent)) is None:
+        return _usage(f"ansible-playbook is not in {Path(sys.executable).parent} (run scripts/setup.sh)")
+    extravars = _extravars(args)
+    if args.db:
+        extravars["specfleet_db"] = str(Path(args.db).resolve())
+    return run_playbook(args.command, extravars, limit=getattr(args, "node", None), inventory=args.inventory,
+                        check=args.check, progress=args.command == "start")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

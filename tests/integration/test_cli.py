@@ -1,0 +1,35 @@
+"""The specfleet command's acting subcommands: real playbooks through ansible-runner."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from tests.conftest import REPO_ROOT
+from tests.integration.test_cluster_playbooks import recap
+
+
+def specfleet(fleet, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = dict(fleet.env, PYTHONPATH=str(REPO_ROOT / "plugins" / "module_utils"))
+    return subprocess.run([sys.executable, "-m", "specfleet.cli", *args], capture_output=True, text=True, env=env,
+                          cwd="/", timeout=timeout)
+
+
+def test_validate_bootstrap_and_health_run_their_playbooks_through_ansible_runner(cluster, fleet):
+    ok = specfleet(fleet, "validate", "clawmarketing")
+    assert ok.returncode == 0, ok.stdout[-2000:] + ok.stderr[-2000:]
+    assert "8 specs valid" in ok.stdout and "specfleet validate: successful (exit 0)" in ok.stderr
+    runs = sorted((fleet.home / "runner").iterdir())
+    assert runs and (runs[-1] / "artifacts").is_dir()  # ansible-runner's events and output are kept
+    missing = specfleet(fleet, "validate", "nosuch")
+    assert missing.returncode == 2 and "nosuch" in missing.stdout
+    boot = specfleet(fleet, "bootstrap", "node-2")
+    assert boot.returncode == 0, boot.stdout[-2000:]
+    assert set(recap(boot.stdout)) == {"node-2"}
+    health = specfleet(fleet, "health")
+    assert health.returncode == 0 and "NODE    HEALTH" in health.stdout
+
+
+def test_bad_arguments_exit_2_before_any_playbook(fleet):
+    assert specfleet(fleet, "review", "clawmarketing", "--reject", "S03").returncode == 2
+    assert specfleet(fleet, "plan", "clawmarketing").returncode == 2
+    assert specfleet(fleet, "start").returncode == 2  # argparse: the project is required

@@ -1,0 +1,70 @@
+"""specfleet status: read straight from a real store, with the reason each queued spec waits."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from specfleet import cli
+from specfleet.fleet import NodeInfo
+from specfleet.leases import LeaseBook
+from specfleet.store import Store
+from tests.conftest import REPO_ROOT, spec_text
+from tests.unit.test_leases import feed
+
+
+def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "specfleet.cli", *args], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO_ROOT / "plugins" / "module_utils"), **(env or {})},
+                          timeout=60)
+
+
+def test_status_names_nodes_counts_running_specs_and_why_each_queued_spec_waits(projects, tmp_path):
+    db = tmp_path / "state.db"
+    with Store(db) as store:
+        feed(projects, store, **{
+            "S1.md": spec_text("S1", modifies=["src/app.py"]),
+            "S2.md": spec_text("S2", modifies=["src/app.py"]),
+            "S3.md": spec_text("S3", modifies=["src/util.py"], depends_on=["S1"]),
+            "S4.md": spec_text("S4", modifies=["README.md"], executor="codex")})
+        book = LeaseBook(store)
+        book.open_run("demo", exclusive=False)
+        nodes = [NodeInfo("n1", 1, labels=frozenset({"glm"})), NodeInfo("n2", 2, labels=frozenset({"codex"}))]
+        first = book.grant("demo", nodes, only={"S1"})
+        assert [g.task_id for g in first.granted] == ["S1"]
+        book.quarantine("n2", "unreachable: connection refused")
+        before = list(store.db.iterdump())
+    data = cli.status(str(db), "demo")
+    with Store(db) as store:
+        assert list(store.db.iterdump()) == before  # status changed nothing (its scheduling pass was rolled back)
+    assert [(n["name"], n["in_use"], n["slots"], n["health"]) for n in data["nodes"]] == [
+        ("n1", 1, 1, "unknown"), ("n2", 0, 2, "quarantined")]
+    assert data["nodes"][1]["reason"] == "unreachable: connection refused"
+    assert data["projects"] == {"demo": {"queued": 3, "running": 1}}
+    assert [(r["task_id"], r["node"], r["attempt"]) for r in data["running"]] == [("S1", "n1", 1)]
+    why = {w["task_id"]: w["reason"] for w in data["waiting"]}
+    assert why["S3"] == "dependency S1 is running"
+    assert "S2" in why and "src/app.py" in why["S2"] and "S1" in why["S2"]   # the lock S1 holds
+    assert why["S4"] == "every node that runs codex is quarantined or taken out (n2)"
+
+    shown = run_cli("--db", str(db), "status", "demo")
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert lines[0].split() == ["NODE", "SLOTS", "HEALTH", "WHY"] and lines[1].split()[:3] == ["n1", "1/1", "unknown"]
+    assert any(line.split()[:3] == ["S1", "demo", "n1"] for line in lines)
+    as_json = json.loads(run_cli("--db", str(db), "status", "--json").stdout)
+    assert as_json["waiting"] == data["waiting"] and set(as_json) == {"db", "nodes", "projects", "running", "waiting"}
+
+
+def test_status_exit_codes(projects, tmp_path):
+    db = tmp_path / "state.db"
+    assert run_cli("--db", str(db), "status").returncode == 0  # no store yet: nothing to show
+    with Store(db) as store:
+        feed(projects, store, **{"S1.md": spec_text("S1"), "S2.md": spec_text("S2", depends_on=["S1"])})
+        store.transition("demo", "S1", "failed", reason="verify failed 3 times")
+    assert run_cli("--db", str(db), "status", "nosuch").returncode == 2
+    assert run_cli("--db", str(db), "status", "demo").returncode == 1  # a failed spec
+    (tmp_path / "bad.db").write_text("not a database")
+    broken = run_cli("--db", str(tmp_path / "bad.db"), "status")
+    assert broken.returncode == 3 and "state store" in broken.stderr
