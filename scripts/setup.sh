@@ -39,4 +39,4 @@ fi
 printf '#!/bin/sh\nPYTHONPATH="%s/plugins/module_utils${PYTHONPATH:+:$PYTHONPATH}" exec "%s/.venv/bin/python" -m specfleet.cli "$@"\n' \
     "$PWD" "$PWD" > .venv/bin/specfleet
 chmod 0755 .venv/bin/specfleet
-echo "setup: ready ($(.venv/bin/ansible --version | head -n1))"
+echo "setup: ready ($(.venv/bin/ansible --version | sed -n 1p))"
