@@ -14,6 +14,8 @@ sudo=""
 # python3-pytest: the local worker nodes are this machine, and the example's verify runs pytest there.
 # cron, logrotate: the scheduling role (playbooks/schedule.yml) writes cron entries and a logrotate config.
 packages=(git openssh-client openssh-server python3 python3-venv python3-pytest sqlite3 cron logrotate)
+# --dev: the report's browser test renders the HTML in headless Chromium.
+[ "$dev" -eq 1 ] && packages+=(chromium fonts-dejavu-core)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

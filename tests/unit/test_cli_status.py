@@ -68,3 +68,20 @@ def test_status_exit_codes(projects, tmp_path):
     (tmp_path / "bad.db").write_text("not a database")
     broken = run_cli("--db", str(tmp_path / "bad.db"), "status")
     assert broken.returncode == 3 and "state store" in broken.stderr
+
+
+def test_report_writes_the_daily_report_from_the_store_at_once(projects, tmp_path):
+    db = tmp_path / "state.db"
+    with Store(db) as store:
+        feed(projects, store, **{"S1.md": spec_text("S1"), "S2.md": spec_text("S2")})
+        book = LeaseBook(store)
+        book.open_run("demo", exclusive=False)
+        grant = book.grant("demo", [NodeInfo("n1", 2)], only={"S1"}).granted[0]
+        book.finish(grant, succeeded=True)
+    out = tmp_path / "reports"
+    made = run_cli("--db", str(db), "report", "demo", "-e", f"report_dir={out}")
+    assert made.returncode == 0, made.stderr
+    day = made.stdout.strip().splitlines()[-1].rsplit("/", 1)[-1].removesuffix(".html")
+    page = (out / f"{day}.html").read_text()
+    assert "<svg" in page and "S1 attempt 1 on n1" in page and (out / f"{day}.md").is_file()
+    assert run_cli("--db", str(db), "report", "demo", "--day", "2024-13-01").returncode == 2

@@ -4,7 +4,8 @@
 
 Commands that act run the repository's playbooks through ansible-runner (its events, its
 artifacts under ``$SPECFLEET_HOME/runner/``, its exit status); none re-implements a
-playbook. ``status`` and ``report`` read the state store directly and answer at once.
+playbook. ``status`` and ``report`` read the state store directly and answer at once
+(``report`` writes what ``playbooks/report.yml`` writes, with the same code).
 
 Exit codes:
 
@@ -284,8 +285,24 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+def report(args: argparse.Namespace) -> int:
+    """The daily report straight from the store (what playbooks/report.yml writes)."""
+    from . import daily
+    db = str(resolve_db(args.db))
+    extra = dict(item.partition("=")[::2] for item in args.extra or [])
+    try:
+        written = daily.write_report(db, args.project, args.day, extra.get("report_dir"), dry_run=args.check)
+    except (StoreError, sqlite3.Error) as exc:
+        print(f"specfleet: {exc}", file=sys.stderr)
+        return EXIT_INPUT if isinstance(exc, daily.ReportError) else EXIT_STORE
+    print("\n".join(written["lines"]))
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.command == "report":
+        return report(args)
     if args.command == "status":
         db = str(resolve_db(args.db))
         try:

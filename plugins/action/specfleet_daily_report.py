@@ -1,0 +1,34 @@
+# Copyright: specfleet contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Action plugin for ``specfleet_daily_report`` (documentation in ``library/specfleet_daily_report.py``)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+_CORE = str(Path(__file__).resolve().parents[1] / "module_utils")
+if _CORE not in sys.path:
+    sys.path.insert(0, _CORE)
+
+from specfleet_action import DB_OPTION, ControllerAction  # noqa: E402
+
+from specfleet import daily  # noqa: E402
+from specfleet.store import StoreError  # noqa: E402
+
+
+class ActionModule(ControllerAction):
+    ARGUMENT_SPEC = {
+        "project": {"type": "str", "required": True},
+        "day": {"type": "str"},
+        "report_dir": {"type": "path"},
+        **DB_OPTION,
+    }
+
+    ERRORS = (StoreError,)
+
+    def act(self, result, args, task_vars, db):
+        written = daily.write_report(db, args["project"], args["day"], args["report_dir"],
+                                     dry_run=self._task.check_mode)
+        result.update(changed=not self._task.check_mode, day=written["day"], markdown=written["markdown"],
+                      html=written["html"], headline=written["headline"], msg=written["lines"])
+        return result
