@@ -164,8 +164,14 @@ class StrategyModule(FreeStrategy):
             self._variable_manager.set_host_variable(host.name, var, value)
         self._running[grant.task_id] = host
         adopted = f", adopting the job run {grant.job_run} left there" if grant.adopted else ""
-        display.display(f"{host.name}: started on {grant.node} (slot {grant.slot}, attempt {grant.attempt}{adopted})",
-                        color=C.COLOR_HIGHLIGHT)
+        if grant.adopted or not self._progress_shown():  # the progress callback prints its own start line
+            display.display(f"{host.name}: started on {grant.node} (slot {grant.slot}, attempt {grant.attempt}"
+                            f"{adopted})", color=C.COLOR_HIGHLIGHT)
+
+    def _progress_shown(self) -> bool:
+        """True when the specfleet_progress callback prints each spec's state changes itself."""
+        name = getattr(self._tqm, "_stdout_callback_name", None) or ""
+        return name.rsplit(".", 1)[-1] == "specfleet_progress"
 
     def _collect_ended(self, iterator) -> bool:
         """Report every started spec whose pipeline has ended; True if any did."""
@@ -209,6 +215,8 @@ class StrategyModule(FreeStrategy):
             return
         state = done.outcome.state.value
         line = f"{host.name}: {ending} ({reason}); now {state}"
+        if self._progress_shown():  # the state change is the callback's line; keep only what it cannot know
+            line = f"{host.name}:"
         if done.quarantined_until:
             line += f"; node quarantined for {done.quarantined_until - time.time():.0f} s"
         if done.outcome.blocked:
@@ -217,7 +225,9 @@ class StrategyModule(FreeStrategy):
             line += f"; {done.gave_up}"
         if done.outcome.late:
             line += "; its lease had expired, so the result was not recorded"
-        display.display(line, color=C.COLOR_WARN if done.requeued else C.COLOR_ERROR)
+        if line.endswith(":"):
+            return
+        display.display(line.replace(":;", ":", 1), color=C.COLOR_WARN if done.requeued else C.COLOR_ERROR)
 
     def _reset(self, iterator, host, ending) -> None:
         """Make a requeued spec host start its pipeline from the top on its next grant."""

@@ -1,6 +1,8 @@
 """The specfleet command's acting subcommands: real playbooks through ansible-runner."""
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import sys
 
@@ -33,3 +35,14 @@ def test_bad_arguments_exit_2_before_any_playbook(fleet):
     assert specfleet(fleet, "review", "clawmarketing", "--reject", "S03").returncode == 2
     assert specfleet(fleet, "plan", "clawmarketing").returncode == 2
     assert specfleet(fleet, "start").returncode == 2  # argparse: the project is required
+
+
+def test_start_dispatches_with_live_progress_and_status_is_empty_after(cluster, fleet):
+    run = specfleet(fleet, "start", "clawmarketing", "-e", "specfleet_job_command=true")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    assert re.search(r"^\[\d\d:\d\d:\d\d\] done 8/8  running 0  waiting 0  failed 0 ", run.stdout, re.M), run.stdout
+    assert len(re.findall(r"^\d\d:\d\d:\d\d  S0\S+\s+completed$", run.stdout, re.M)) == 8
+    assert "PLAY RECAP" in run.stdout and "TASK [Start the job]" not in run.stdout
+    shown = specfleet(fleet, "status", "clawmarketing", "--json")
+    data = json.loads(shown.stdout)
+    assert shown.returncode == 0 and data["projects"] == {"clawmarketing": {"completed": 8}} and data["running"] == []

@@ -204,8 +204,11 @@ def run_playbook(command: str, extravars: dict[str, Any], limit: str | None = No
     private = home / "runner" / f"{time.strftime('%Y%m%d-%H%M%S')}-{command}-{os.getpid()}"
     private.mkdir(parents=True, exist_ok=True)
     bindir = str(Path(sys.executable).parent)  # the venv's ansible-playbook, as ansible-runner looks it up
+    # ansible-runner puts its own callback directory in ANSIBLE_CALLBACK_PLUGINS, which would hide
+    # ansible.cfg's: name ours here and the runner appends its own after it.
     env = {"PATH": f"{bindir}:{os.environ.get('PATH', '/usr/bin:/bin')}", "ANSIBLE_FORCE_COLOR": "0",
-           "ANSIBLE_CONFIG": str(REPO_ROOT / "ansible.cfg")}
+           "ANSIBLE_CONFIG": str(REPO_ROOT / "ansible.cfg"),
+           "ANSIBLE_CALLBACK_PLUGINS": str(REPO_ROOT / "plugins" / "callback")}
     if progress and (REPO_ROOT / "plugins" / "callback" / "specfleet_progress.py").is_file():
         env["ANSIBLE_STDOUT_CALLBACK"] = "specfleet_progress"  # one line per spec change, not per task
     cmdline = []

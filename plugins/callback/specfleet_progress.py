@@ -1,0 +1,592 @@
+# Copyright: specfleet contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""specfleet_progress: Ansible's default output, with live spec progress for dispatch runs.
+
+Opt in with ``ANSIBLE_STDOUT_CALLBACK=specfleet_progress``. Every play prints exactly as with
+``ansible.builtin.default`` (this is a subclass of it) except the dispatch play (the one run by
+the ``specfleet_dag`` strategy over the spec hosts). There, per-task and per-host results of
+spec hosts are not printed; instead:
+
+* one line per spec state change, read from the state store's ``events`` table (kind
+  ``state``), so what is printed is what the store recorded::
+
+      12:03:41  S03-router  started   node-2 slot 1  attempt 1
+      12:05:02  S03-router  failed:   the job exited with 1
+
+* one progress line after every state change, and every ``progress_interval`` seconds while
+  nothing changes::
+
+      [12:04:10] done 3/8  running 4  waiting 1  failed 0  slots 4/12  elapsed 2m31s  eta ~4m
+
+The store is read through its own read-only SQLite connection; :class:`Tracker` holds that
+logic without any Ansible dependency (tests/unit/test_progress_line.py).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sqlite3
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote
+
+from ansible import constants as C
+from ansible.plugins.callback.default import CallbackModule as DefaultCallbackModule
+from ansible.utils import color as ansible_color
+
+DOCUMENTATION = r"""
+name: specfleet_progress
+type: stdout
+short_description: default output, with one line per spec state change and a progress line for specfleet dispatch
+description:
+  - Prints every play exactly as C(ansible.builtin.default) does, except the dispatch play of
+    C(dispatch.yml) (strategy C(specfleet_dag), hosts of group C(specfleet_specs)).
+  - In the dispatch play, results of spec hosts are not printed task by task. Instead one line is
+    printed per spec state change recorded in the state store (C(started), C(completed) for plain
+    jobs or C(collected), C(verified), C(merged), C(requeued), C(failed), C(blocked), ...), each followed
+    by a progress line; while nothing changes, a progress line every O(progress_interval) seconds.
+  - "Progress line: C(done D/T  running R  waiting W  failed F  slots U/S  elapsed E  eta ~X).
+    C(done) counts the run's specs that are C(merged) (C(completed) with plain jobs,
+    C(-e specfleet_job_command=...)); C(running) those C(running) or on their way to the merge
+    (C(completed), C(verified), C(in_review), C(conflict)); C(waiting) the C(queued) ones; C(failed)
+    the C(failed), C(blocked) and C(cancelled) ones. C(slots) is the leases held fleet-wide
+    (every run and project) over the slots of the enabled nodes no one disabled."
+  - "ETA: the remaining work is the C(estimate) of each waiting spec plus, for each running spec,
+    its C(estimate) minus the time its attempt has been running (not below 0); it is divided by the
+    number of slots this run holds (at least 1). C(eta overdue) means running specs exceeded their
+    estimates and nothing waits; C(eta landing) that only collected specs on their way to the merge
+    are left; C(eta -) that nothing is left."
+  - The run's database, run id and specs are taken from the result of the C(specfleet_feed) task;
+    without it (the feed did not run, or C(--check) with no database) the dispatch play prints as
+    the default callback does.
+  - With C(-v) or more, failures of spec tasks are also printed in full, as the default does.
+  - On a terminal (and unless C(ANSIBLE_NOCOLOR) is set) the progress line stays at the bottom and
+    is rewritten in place while nothing else has been printed after it; otherwise every line is a
+    plain line. Colours follow Ansible's settings (C(ANSIBLE_NOCOLOR), C(ANSIBLE_FORCE_COLOR)).
+extends_documentation_fragment:
+  - default_callback
+  - result_format_callback
+options:
+  progress_interval:
+    description:
+      - Seconds between two progress lines while no spec changes state. A state change always
+        prints one. C(0) turns the periodic lines off.
+    type: float
+    default: 10
+    ini:
+      - section: callback_specfleet_progress
+        key: progress_interval
+    env:
+      - name: SPECFLEET_PROGRESS_INTERVAL
+  timestamps:
+    description:
+      - Start state-change lines with the time of the change (C(12:03:41)) and progress lines with
+        the time they were printed (C([12:04:10])). Off for comparable output (tests).
+    type: bool
+    default: true
+    ini:
+      - section: callback_specfleet_progress
+        key: timestamps
+    env:
+      - name: SPECFLEET_PROGRESS_TIMESTAMPS
+requirements:
+  - set as the stdout callback, e.g. C(ANSIBLE_STDOUT_CALLBACK=specfleet_progress)
+author: specfleet contributors
+"""
+
+FEED_ACTIONS = ("specfleet_feed", "ansible.legacy.specfleet_feed")
+STRATEGY = "specfleet_dag"
+POLL_S = 0.25  # how often the store is read for new state changes while the dispatch play runs
+
+# State -> progress column. DONE depends on the run: merged, or completed for plain jobs.
+WAITING = frozenset({"queued"})
+FAILED = frozenset({"failed", "blocked", "cancelled"})
+LABEL_WIDTH = 9
+REASON_CHARS = 100
+
+
+def short(text: object, limit: int = REASON_CHARS) -> str:
+    """The first non-empty line of ``text``, whitespace collapsed, at most ``limit`` characters."""
+    lines = [" ".join(line.split()) for line in str(text or "").splitlines()]
+    first = next((line for line in lines if line), "")
+    return first if len(first) <= limit else first[:limit - 3].rstrip() + "..."
+
+
+def duration(seconds: float) -> str:
+    """``45s``, ``2m31s``, ``1h02m``."""
+    seconds = max(0, int(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def estimate(seconds: float) -> str:
+    """An ETA, rounded up: ``~40s``, ``~4m``, ``~1h05m``."""
+    seconds = math.ceil(seconds)
+    if seconds < 60:
+        return f"~{seconds}s"
+    minutes = math.ceil(seconds / 60)
+    if minutes < 60:
+        return f"~{minutes}m"
+    return f"~{minutes // 60}h{minutes % 60:02d}m"
+
+
+@dataclass
+class Change:
+    """One state change of one spec of the run, as the store's ``events`` table has it."""
+
+    event_id: int
+    ts: float
+    task_id: str
+    from_state: str | None
+    to_state: str
+    detail: dict = field(default_factory=dict)
+
+
+@dataclass
+class Counts:
+    done: int
+    running: int
+    waiting: int
+    failed: int
+    total: int
+
+
+class Tracker:
+    """The run's specs as the state store sees them: state changes, counts, slots and ETA.
+
+    ``open`` takes one consistent snapshot (the specs' states and the newest event id); every
+    ``poll`` then returns the ``state`` events written since, in order, and applies each to
+    the snapshot, so the counts after a change are the counts right after that change, not
+    whatever the store holds by the time the line is printed.
+    """
+
+    def __init__(self, db: str | Path, project: str, run_id: str, task_ids, plain: bool = False, clock=time.time):
+        self.db_path = Path(db)
+        self.project = project
+        self.run_id = run_id
+        self.task_ids = list(dict.fromkeys(task_ids))
+        self.plain = plain
+        self.clock = clock
+        self.states: dict[str, str] = {}
+        self.estimates: dict[str, int] = {}
+        self.running_since: dict[str, float] = {}
+        self.cursor = 0
+        self.db: sqlite3.Connection | None = None
+
+    # -- the store ------------------------------------------------------------------------
+
+    def open(self) -> Tracker:
+        uri = f"file:{quote(str(self.db_path.resolve()))}?mode=ro"  # never creates or writes the database
+        self.db = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=5.0, check_same_thread=False)
+        self.db.execute("PRAGMA busy_timeout = 5000")
+        marks = ",".join("?" * len(self.task_ids)) or "NULL"
+        self.db.execute("BEGIN")  # one snapshot (WAL): the states and the cursor agree
+        try:
+            self.cursor = self.db.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0]
+            for task_id, state, estimate_s in self.db.execute(
+                    f"SELECT task_id, state, estimate_s FROM specs WHERE project = ? AND task_id IN ({marks})",
+                    (self.project, *self.task_ids)):
+                self.states[task_id] = state
+                self.estimates[task_id] = estimate_s
+            for task_id, started in self.db.execute(
+                    f"SELECT task_id, MAX(started_at) FROM attempts WHERE project = ? AND ended_at IS NULL"
+                    f" AND task_id IN ({marks}) GROUP BY task_id", (self.project, *self.task_ids)):
+                if self.states.get(task_id) == "running":
+                    self.running_since[task_id] = started
+        finally:
+            self.db.execute("COMMIT")
+        return self
+
+    def close(self) -> None:
+        if self.db is not None:
+            self.db.close()
+            self.db = None
+
+    def poll(self) -> Iterator[Change]:
+        """The run's spec state changes since the last poll, in order; each is applied to the
+        counts just before it is yielded, so counts read then are those right after it."""
+        rows = self.db.execute(
+            "SELECT id, ts, task_id, from_state, to_state, detail_json FROM events"
+            " WHERE id > ? AND project = ? AND kind = 'state' ORDER BY id", (self.cursor, self.project)).fetchall()
+        for event_id, ts, task_id, from_state, to_state, detail in rows:
+            self.cursor = event_id
+            if task_id not in self.states:
+                continue
+            try:
+                parsed = json.loads(detail or "{}")
+            except ValueError:
+                parsed = {}
+            change = Change(event_id, ts, task_id, from_state, to_state, parsed if isinstance(parsed, dict) else {})
+            self.apply(change)
+            yield change
+
+    def apply(self, change: Change) -> None:
+        self.states[change.task_id] = change.to_state
+        if change.to_state == "running":
+            self.running_since[change.task_id] = change.ts
+        else:
+            self.running_since.pop(change.task_id, None)
+
+    def slots(self) -> tuple[int, int, int]:
+        """(leases held fleet-wide, slots of enabled nodes nobody disabled, leases held by this run)."""
+        used = self.db.execute("SELECT count(*) FROM slot_leases").fetchone()[0]
+        total = self.db.execute("SELECT COALESCE(SUM(slots), 0) FROM nodes WHERE enabled = 1"
+                                " AND disabled_by IS NULL").fetchone()[0]
+        mine = self.db.execute("SELECT count(*) FROM slot_leases WHERE run_id = ?", (self.run_id,)).fetchone()[0]
+        return used, total, mine
+
+    # -- what the lines say ---------------------------------------------------------------
+
+    @property
+    def done_states(self) -> frozenset[str]:
+        return frozenset({"completed"}) if self.plain else frozenset({"merged"})
+
+    def counts(self) -> Counts:
+        done = running = waiting = failed = 0
+        for state in self.states.values():
+            if state in self.done_states:
+                done += 1
+            elif state in WAITING:
+                waiting += 1
+            elif state in FAILED:
+                failed += 1
+            else:  # running, and on the way to the merge (completed, verified, in_review, conflict)
+                running += 1
+        return Counts(done, running, waiting, failed, len(self.states))
+
+    def remaining_work(self, now: float) -> float | None:
+        """Seconds of estimated work left (None: nothing waits or runs)."""
+        left = None
+        for task_id, state in self.states.items():
+            if state in WAITING:
+                left = (left or 0) + self.estimates.get(task_id, 0)
+            elif state == "running":
+                since = self.running_since.get(task_id, now)
+                left = (left or 0) + max(self.estimates.get(task_id, 0) - (now - since), 0)
+            elif state not in self.done_states and state not in FAILED:
+                left = left or 0  # landing: no estimate of its own, but the run is not over
+        return left
+
+    def eta(self, now: float, slots_held: int) -> str:
+        left = self.remaining_work(now)
+        if left is None:
+            return "-"
+        if left <= 0:  # running past their estimates, or only landing (verify, merge queue) left
+            return "overdue" if "running" in self.states.values() else "landing"
+        return estimate(left / max(1, slots_held))
+
+    def progress_line(self, elapsed: float, now: float | None = None) -> str:
+        now = self.clock() if now is None else now
+        counts = self.counts()
+        used, total, mine = self.slots()
+        return (f"done {counts.done}/{counts.total}  running {counts.running}  waiting {counts.waiting}"
+                f"  failed {counts.failed}  slots {used}/{total}  elapsed {duration(elapsed)}"
+                f"  eta {self.eta(now, mine)}")
+
+    def change_line(self, change: Change) -> tuple[str, str | None]:
+        """The text (without the time) and Ansible colour of one state change."""
+        width = max((len(t) for t in self.states), default=0)
+        label, rest, colour = self.describe(change)
+        text = f"{change.task_id:<{width}}  {label:<{LABEL_WIDTH}} {rest}".rstrip()
+        return text, colour
+
+    def describe(self, change: Change) -> tuple[str, str, str | None]:
+        detail, to, source = change.detail, change.to_state, change.from_state
+        reason = short(detail.get("reason"))
+        if to == "running":
+            rest = f"{detail.get('node', '?')} slot {detail.get('slot', '?')}  attempt {detail.get('attempt', '?')}"
+            if detail.get("adopted_from"):
+                rest += f"  (adopting job run {detail['adopted_from']})"
+            return "started", rest, None
+        if to == "completed":
+            return ("completed" if self.plain else "collected"), "", C.COLOR_OK
+        if to in ("verified", "merged"):
+            return to, "", C.COLOR_OK
+        if to == "in_review":
+            return "in review", "", C.COLOR_WARN
+        if to == "queued":
+            if source in FAILED:
+                return "queued", reason, C.COLOR_WARN  # rescued by a person
+            return "requeued:", reason, C.COLOR_WARN
+        return f"{to}:", reason, C.COLOR_ERROR  # failed, blocked, cancelled, conflict
+
+
+class _Counter:
+    """Counts bytes written to stdout and stderr, to tell whether the last line on screen is ours."""
+
+    def __init__(self):
+        self.written = 0
+        self._restore = []
+
+    def install(self) -> None:
+        for stream in (sys.stdout, sys.stderr):
+            buffer = getattr(stream, "buffer", None)
+            if buffer is None:
+                continue
+            original = buffer.write
+
+            def counting(data, _original=original):
+                self.written += len(data)
+                return _original(data)
+
+            buffer.write = counting
+            self._restore.append((buffer, original))
+
+    def remove(self) -> None:
+        for buffer, original in self._restore:
+            buffer.write = original
+        self._restore.clear()
+
+
+class Live:
+    """The dispatch play's output: the tracker read by the callback's thread and by the main one."""
+
+    CURSOR_UP_ERASE = "\x1b[1A\x1b[2K"
+
+    def __init__(self, display, tracker: Tracker, interval: float, timestamps: bool, in_place: bool, clock=time.time):
+        self.display = display
+        self.tracker = tracker
+        self.interval = interval
+        self.timestamps = timestamps
+        self.in_place = in_place
+        self.clock = clock
+        self.started = clock()
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.thread: threading.Thread | None = None
+        self.last_progress = self.started  # the first periodic line comes one interval in
+        self.counter = _Counter() if in_place else None
+        self.mark: int | None = None  # bytes written when our last progress line ended
+        self.failed_reading = False
+
+    def start(self) -> None:
+        if self.counter:
+            self.counter.install()
+        self.thread = threading.Thread(target=self._run, name="specfleet_progress", daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        if self.thread is not None:
+            self.thread.join(timeout=10)
+        with self.lock:
+            self._pump()
+        if self.counter:
+            self.counter.remove()
+        self.tracker.close()
+
+    def pump(self) -> None:
+        with self.lock:
+            self._pump()
+
+    def _run(self) -> None:
+        while not self.stopping.wait(POLL_S):
+            self.pump()
+
+    def _pump(self) -> None:
+        try:
+            for change in self.tracker.poll():
+                text, colour = self.tracker.change_line(change)
+                self._emit(self._stamp(change.ts, text, brackets=False), colour)
+                self._progress()
+            if self.interval > 0 and self.clock() - self.last_progress >= self.interval:
+                self._progress()
+        except sqlite3.Error as exc:  # a busy or vanished database must not stop the run
+            if not self.failed_reading:
+                self.failed_reading = True
+                self.display.warning(f"specfleet_progress: cannot read the state store: {exc}")
+
+    def _progress(self) -> None:
+        now = self.clock()
+        self._emit(self._stamp(now, self.tracker.progress_line(now - self.started, now), brackets=True),
+                   C.COLOR_VERBOSE, progress=True)
+        self.last_progress = now
+
+    def _stamp(self, ts: float, text: str, brackets: bool) -> str:
+        if not self.timestamps:
+            return text
+        clock = time.strftime("%H:%M:%S", time.localtime(ts))
+        return f"[{clock}] {text}" if brackets else f"{clock}  {text}"
+
+    def _emit(self, text: str, colour: str | None, progress: bool = False) -> None:
+        # On a terminal, our progress line is replaced while nothing was printed after it.
+        overwrite = self.counter is not None and self.mark is not None and self.counter.written == self.mark
+        if overwrite:
+            self.display.display(self.CURSOR_UP_ERASE + text, color=colour, screen_only=True)
+            self.display.display(text, log_only=True)
+        else:
+            self.display.display(text, color=colour)
+        try:
+            sys.stdout.flush()  # live output, also through a pipe
+        except (OSError, ValueError):
+            pass
+        self.mark = self.counter.written if (self.counter is not None and progress) else None
+
+
+class CallbackModule(DefaultCallbackModule):
+    """``ansible.builtin.default``, with the dispatch play's spec results replaced by progress."""
+
+    CALLBACK_VERSION = 2.0
+    CALLBACK_TYPE = "stdout"
+    CALLBACK_NAME = "specfleet_progress"
+
+    def __init__(self):
+        super().__init__()
+        self._fed: dict | None = None       # db, run_id, project, task ids of the last specfleet_feed
+        self._live: Live | None = None      # set while the dispatch play runs
+        self._spec_hosts: frozenset[str] = frozenset()
+
+    # -- the dispatch play starts and ends ------------------------------------------------
+
+    def v2_playbook_on_play_start(self, play):
+        self._end_live()
+        super().v2_playbook_on_play_start(play)
+        if str(play.strategy or "").rsplit(".", 1)[-1] == STRATEGY:
+            self._start_live()
+
+    def v2_playbook_on_stats(self, stats):
+        self._end_live()
+        super().v2_playbook_on_stats(stats)
+
+    def _start_live(self) -> None:
+        fed = self._fed
+        if not fed or not fed["task_ids"] or not Path(fed["db"]).is_file():
+            return  # nothing to follow: the play prints as the default does
+        tracker = Tracker(fed["db"], fed["project"], fed["run_id"], fed["task_ids"], plain=self._plain_from_extra_vars())
+        try:
+            tracker.open()
+        except sqlite3.Error as exc:
+            tracker.close()
+            self._display.warning(f"specfleet_progress: cannot read the state store {fed['db']}: {exc}")
+            return
+        in_place = bool(ansible_color.ANSIBLE_COLOR) and _isatty(sys.stdout) and os.environ.get("TERM") != "dumb"
+        self._spec_hosts = frozenset(fed["task_ids"])
+        self._live = Live(self._display, tracker, float(self.get_option("progress_interval")),
+                          bool(self.get_option("timestamps")), in_place)
+        self._live.start()
+
+    def _end_live(self) -> None:
+        live, self._live = self._live, None
+        self._spec_hosts = frozenset()
+        if live is not None:
+            live.stop()
+
+    @staticmethod
+    def _plain_from_extra_vars() -> bool:
+        """A first guess before any spec task reports: plain jobs given with -e."""
+        try:
+            from ansible.parsing.dataloader import DataLoader
+            from ansible.utils.vars import load_extra_vars
+            return bool(load_extra_vars(DataLoader()).get("specfleet_job_command"))
+        except Exception:  # a guess only; the first spec result settles it
+            return False
+
+    # -- results --------------------------------------------------------------------------
+
+    def _remember_feed(self, result) -> None:
+        if result.task.action not in FEED_ACTIONS:
+            return
+        data = result.result
+        runnable = data.get("runnable") or []
+        project = (data.get("feed") or {}).get("project") or result.task.args.get("project")
+        if data.get("db") and data.get("run_id") and project:
+            self._fed = {"db": str(data["db"]), "run_id": str(data["run_id"]), "project": str(project),
+                         "task_ids": [str(item["task_id"]) for item in runnable if isinstance(item, dict)]}
+
+    def _is_spec(self, result) -> bool:
+        return self._live is not None and result.host.get_name() in self._spec_hosts
+
+    def _spec_result(self, result, ran: bool = False) -> None:
+        """A spec host's task ended: learn the job kind, show warnings, read the store now."""
+        if ran and result.task.args.get("state") == "started":  # the pipeline's first step that ran
+            action = str(result.task.action).rsplit(".", 1)[-1]
+            if action in ("specfleet_job", "specfleet_attempt"):
+                self._live.tracker.plain = action == "specfleet_job"
+        self._handle_warnings(result.result)
+        self._live.pump()
+
+    def v2_runner_on_ok(self, result):
+        if self._is_spec(result):
+            return self._spec_result(result, ran=True)
+        self._remember_feed(result)
+        return super().v2_runner_on_ok(result)
+
+    def v2_runner_on_failed(self, result, ignore_errors=False):
+        if self._is_spec(result):
+            if self._display.verbosity >= 1:
+                super().v2_runner_on_failed(result, ignore_errors)
+            return self._spec_result(result)
+        return super().v2_runner_on_failed(result, ignore_errors)
+
+    def v2_runner_on_unreachable(self, result):
+        if self._is_spec(result):
+            if self._display.verbosity >= 1:
+                super().v2_runner_on_unreachable(result)
+            return self._spec_result(result)
+        return super().v2_runner_on_unreachable(result)
+
+    def v2_runner_on_skipped(self, result):
+        if self._is_spec(result):
+            return self._spec_result(result)
+        return super().v2_runner_on_skipped(result)
+
+    def v2_runner_item_on_ok(self, result):
+        if not self._is_spec(result):
+            super().v2_runner_item_on_ok(result)
+
+    def v2_runner_item_on_failed(self, result):
+        if not self._is_spec(result) or self._display.verbosity >= 1:
+            super().v2_runner_item_on_failed(result)
+
+    def v2_runner_item_on_skipped(self, result):
+        if not self._is_spec(result):
+            super().v2_runner_item_on_skipped(result)
+
+    def v2_runner_retry(self, result):
+        if not self._is_spec(result):
+            super().v2_runner_retry(result)
+
+    def v2_on_file_diff(self, result):
+        if not self._is_spec(result):
+            super().v2_on_file_diff(result)
+
+    def v2_playbook_on_task_start(self, task, is_conditional):
+        if self._live is None:
+            super().v2_playbook_on_task_start(task, is_conditional)
+        else:  # no banner; one printed with a failure at -v names the failed task, as with `free`
+            self._last_task_name = None
+
+    def v2_runner_on_start(self, host, task):
+        if self._live is None or host.get_name() not in self._spec_hosts:
+            super().v2_runner_on_start(host, task)
+
+    def v2_playbook_on_include(self, included_file):
+        if self._live is None or not {h.name for h in included_file._hosts} <= self._spec_hosts:
+            super().v2_playbook_on_include(included_file)
+
+    def v2_runner_on_async_poll(self, result):
+        if not self._is_spec(result):
+            super().v2_runner_on_async_poll(result)
+
+    def v2_runner_on_async_ok(self, result):
+        if not self._is_spec(result):
+            super().v2_runner_on_async_ok(result)
+
+    def v2_runner_on_async_failed(self, result):
+        if not self._is_spec(result):
+            super().v2_runner_on_async_failed(result)
+
+
+def _isatty(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
