@@ -6,6 +6,9 @@ import os
 import subprocess
 import sys
 
+import jsonschema
+import pytest
+
 from specfleet import cli
 from specfleet.fleet import NodeInfo
 from specfleet.leases import LeaseBook
@@ -54,7 +57,11 @@ def test_status_names_nodes_counts_running_specs_and_why_each_queued_spec_waits(
     assert lines[0].split() == ["NODE", "SLOTS", "HEALTH", "WHY"] and lines[1].split()[:3] == ["n1", "1/1", "unknown"]
     assert any(line.split()[:3] == ["S1", "demo", "n1"] for line in lines)
     as_json = json.loads(run_cli("--db", str(db), "status", "--json").stdout)
-    assert as_json["waiting"] == data["waiting"] and set(as_json) == {"db", "nodes", "projects", "running", "waiting"}
+    assert as_json["waiting"] == data["waiting"]
+    schema = json.loads((REPO_ROOT / "plugins/module_utils/specfleet/schema/status.schema.json").read_text())
+    jsonschema.validate(as_json, schema)
+    with pytest.raises(jsonschema.ValidationError):  # the schema does hold the output to its shape
+        jsonschema.validate(dict(as_json, running=[{"task_id": "S1"}]), schema)
 
 
 def test_status_exit_codes(projects, tmp_path):
