@@ -164,14 +164,17 @@ class StrategyModule(FreeStrategy):
             self._variable_manager.set_host_variable(host.name, var, value)
         self._running[grant.task_id] = host
         adopted = f", adopting the job run {grant.job_run} left there" if grant.adopted else ""
-        if grant.adopted or not self._progress_shown():  # the progress callback prints its own start line
+        if not self._progress_shown():  # the progress callback prints its own start line
             display.display(f"{host.name}: started on {grant.node} (slot {grant.slot}, attempt {grant.attempt}"
                             f"{adopted})", color=C.COLOR_HIGHLIGHT)
 
     def _progress_shown(self) -> bool:
-        """True when the specfleet_progress callback prints each spec's state changes itself."""
-        name = getattr(self._tqm, "_stdout_callback_name", None) or ""
-        return name.rsplit(".", 1)[-1] == "specfleet_progress"
+        """True while the specfleet_progress callback follows this run and prints its state changes itself.
+
+        Asked of the callback object, not its name: ansible-runner loads it under its own
+        (awx_display subclasses it), and a callback that found no store to follow is not live.
+        """
+        return any(getattr(cb, "_live", None) is not None for cb in getattr(self._tqm, "_callback_plugins", ()))
 
     def _collect_ended(self, iterator) -> bool:
         """Report every started spec whose pipeline has ended; True if any did."""

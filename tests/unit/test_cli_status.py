@@ -50,6 +50,11 @@ def test_status_names_nodes_counts_running_specs_and_why_each_queued_spec_waits(
     assert why["S3"] == "dependency S1 is running"
     assert "S2" in why and "src/app.py" in why["S2"] and "S1" in why["S2"]   # the lock S1 holds
     assert why["S4"] == "every node that runs codex is quarantined or taken out (n2)"
+    # Once the lock and the quarantine are gone, the preview grants (and rolls back) the start.
+    with Store(db) as store:
+        LeaseBook(store).node_healthy("n2")
+    assert {w["task_id"]: w["reason"] for w in cli.status(str(db), "demo")["waiting"]}["S4"] == (
+        "ready: the next scheduling pass starts it")
 
     shown = run_cli("--db", str(db), "status", "demo")
     assert shown.returncode == 0, shown.stderr
@@ -57,7 +62,7 @@ def test_status_names_nodes_counts_running_specs_and_why_each_queued_spec_waits(
     assert lines[0].split() == ["NODE", "SLOTS", "HEALTH", "WHY"] and lines[1].split()[:3] == ["n1", "1/1", "unknown"]
     assert any(line.split()[:3] == ["S1", "demo", "n1"] for line in lines)
     as_json = json.loads(run_cli("--db", str(db), "status", "--json").stdout)
-    assert as_json["waiting"] == data["waiting"]
+    assert as_json["waiting"] == cli.status(str(db))["waiting"]
     schema = json.loads((REPO_ROOT / "plugins/module_utils/specfleet/schema/status.schema.json").read_text())
     jsonschema.validate(as_json, schema)
     with pytest.raises(jsonschema.ValidationError):  # the schema does hold the output to its shape
@@ -71,7 +76,10 @@ def test_status_exit_codes(projects, tmp_path):
         feed(projects, store, **{"S1.md": spec_text("S1"), "S2.md": spec_text("S2", depends_on=["S1"])})
         store.transition("demo", "S1", "failed", reason="verify failed 3 times")
     assert run_cli("--db", str(db), "status", "nosuch").returncode == 2
-    assert run_cli("--db", str(db), "status", "demo").returncode == 1  # a failed spec
+    failed = run_cli("--db", str(db), "status", "demo")
+    assert failed.returncode == 1  # a failed spec, listed with why
+    assert any(line.split()[:3] == ["S1", "demo", "failed"] and "verify failed 3 times" in line
+               for line in failed.stdout.splitlines())
     (tmp_path / "bad.db").write_text("not a database")
     broken = run_cli("--db", str(tmp_path / "bad.db"), "status")
     assert broken.returncode == 3 and "state store" in broken.stderr

@@ -230,3 +230,11 @@ def test_projects_are_separate_namespaces(projects, tmp_path):
     assert store.feed(other).added == ["S01"]
     store.transition("other", "S01", "running")
     assert store.spec("demo", "S01").state is SpecState.QUEUED
+
+
+def test_a_store_at_version_7_gains_the_node_labels_column(tmp_path):
+    with Store(tmp_path / "s.db", migrations=MIGRATIONS[:7]) as old:
+        assert old.schema_version == 7
+    with Store(tmp_path / "s.db") as new:
+        assert new.schema_version == 8
+        assert "labels_json" in {r[1] for r in new.db.execute("PRAGMA table_info(nodes)")}

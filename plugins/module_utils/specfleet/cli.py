@@ -7,21 +7,26 @@ artifacts under ``$SPECFLEET_HOME/runner/``, its exit status); none re-implement
 playbook. ``status`` and ``report`` read the state store directly and answer at once
 (``report`` writes what ``playbooks/report.yml`` writes, with the same code).
 
-Exit codes:
+Exit codes of ``status``, ``report`` and of arguments refused before any playbook runs:
 
 =====  ====================================================================
 0      done (status: nothing failed or blocked in the projects shown)
-1      the playbook failed (e.g. a spec did not merge), or status shows failed or blocked specs
-2      bad input: unknown project, bad arguments, an invalid spec (the playbook's own exit 2)
+1      status shows failed or blocked specs
+2      bad input: bad arguments, unknown project, a day that is not a date
 3      the state store cannot be read
-4      an unreachable node stopped the playbook (ansible's exit 4)
 =====  ====================================================================
+
+Acting commands exit with ansible-playbook's own status: 0 every task succeeded; 2 a task
+failed (an invalid spec, a spec that did not merge, an unhealthy node with
+``specfleet_health_fail``...); 4 a node was unreachable; 5 bad options; 250 an unexpected
+error. The output says which.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import shlex
 import shutil
 import sqlite3
 import sys
@@ -33,6 +38,7 @@ from typing import Any
 from .controller import REPO_ROOT, resolve_db
 from .fleet import NodeInfo
 from .leases import LeaseBook
+from .settings import specfleet_home
 from .states import SpecState
 from .store import Store, StoreError
 
@@ -52,7 +58,7 @@ STATE_ORDER = [s.value for s in SpecState]
 def status(db_path: str, project: str | None = None) -> dict[str, Any]:
     """Nodes, counts by state, running specs and why the queued ones wait (JSON-ready)."""
     if not Path(db_path).exists():
-        return {"db": db_path, "nodes": [], "projects": {}, "running": [], "waiting": []}
+        return {"db": db_path, "nodes": [], "projects": {}, "running": [], "waiting": [], "failed": []}
     with Store(db_path) as store:
         db = store.db
         stamp = time.time()
@@ -61,8 +67,9 @@ def status(db_path: str, project: str | None = None) -> dict[str, Any]:
         for row in db.execute("SELECT * FROM nodes ORDER BY priority, name"):
             out = row["disabled_by"] is not None
             quarantined = row["health"] == "quarantined" and (row["quarantined_until"] or 0) > stamp
+            # A quarantine that has run out is over, but nothing has probed the node since.
             health = ("out" if out else "quarantined" if quarantined else "disabled" if not row["enabled"]
-                      else row["health"])
+                      else "unknown" if row["health"] == "quarantined" else row["health"])
             nodes.append({"name": row["name"], "slots": row["slots"], "in_use": used.get(row["name"], 0),
                           "health": health, "reason": (row["disabled_reason"] if out else row["health_reason"]
                                                        if quarantined else None)})
@@ -77,13 +84,18 @@ def status(db_path: str, project: str | None = None) -> dict[str, Any]:
                        "SELECT l.project, l.task_id, l.node, l.slot, l.acquired_at, a.number FROM slot_leases l "
                        "LEFT JOIN attempts a ON a.id = l.attempt_id"
                        + (" WHERE l.project = ?" if project else "") + " ORDER BY l.acquired_at", params)]
+        failed = [{"project": r["project"], "task_id": r["task_id"], "state": r["state"], "reason": r["reason"] or ""}
+                  for r in db.execute("SELECT project, task_id, state, reason FROM specs WHERE state IN (?, ?)"
+                                      + (" AND project = ?" if project else "") + " ORDER BY project, task_id",
+                                      (SpecState.FAILED.value, SpecState.BLOCKED.value, *params))]
         waiting = []
         infos = [NodeInfo(n["name"], n["slots"], n["priority"], frozenset(json.loads(n["labels_json"] or "[]")),
                           bool(n["enabled"]))
                  for n in db.execute("SELECT name, slots, priority, labels_json, enabled FROM nodes")]
         for name in sorted(counts):
             waiting += _waiting(store, name, infos)
-    return {"db": db_path, "nodes": nodes, "projects": counts, "running": running, "waiting": waiting}
+    return {"db": db_path, "nodes": nodes, "projects": counts, "running": running, "waiting": waiting,
+            "failed": failed}
 
 
 def _waiting(store: Store, project: str, nodes: list[NodeInfo]) -> list[dict]:
@@ -145,7 +157,11 @@ def render_status(data: dict[str, Any]) -> str:
                           _elapsed(r["elapsed_s"])) for r in data["running"]]) + [""]
     if data["waiting"]:
         lines += _table(["WAITING", "PROJECT", "WHY"],
-                        [(w["task_id"], w["project"], w["reason"]) for w in data["waiting"]])
+                        [(w["task_id"], w["project"], w["reason"]) for w in data["waiting"]]) + [""]
+    if data["failed"]:
+        lines += _table(["FAILED", "PROJECT", "STATE", "WHY"],
+                        [(f["task_id"], f["project"], f["state"], f["reason"].splitlines()[0][:160] if f["reason"]
+                          else "") for f in data["failed"]])
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -167,7 +183,7 @@ def _extravars(args: argparse.Namespace) -> dict[str, Any]:
         elif args.direction:
             extra["direction"] = args.direction
         elif args.file:
-            extra["direction_file"] = args.file
+            extra["direction_file"] = str(Path(args.file).expanduser().resolve())
         else:
             raise SystemExit(_usage("plan: give --direction TEXT, --file FILE or --approve all|IDS"))
         if args.into:
@@ -200,8 +216,7 @@ def run_playbook(command: str, extravars: dict[str, Any], limit: str | None = No
     except ImportError:
         print("specfleet: ansible-runner is not installed (scripts/setup.sh installs it)", file=sys.stderr)
         return EXIT_INPUT
-    home = Path(os.environ.get("SPECFLEET_HOME", Path.home() / ".local/state/specfleet"))
-    private = home / "runner" / f"{time.strftime('%Y%m%d-%H%M%S')}-{command}-{os.getpid()}"
+    private = specfleet_home() / "runner" / f"{time.strftime('%Y%m%d-%H%M%S')}-{command}-{os.getpid()}"
     private.mkdir(parents=True, exist_ok=True)
     bindir = str(Path(sys.executable).parent)  # the venv's ansible-playbook, as ansible-runner looks it up
     # ansible-runner puts its own callback directory in ANSIBLE_CALLBACK_PLUGINS, which would hide
@@ -209,13 +224,15 @@ def run_playbook(command: str, extravars: dict[str, Any], limit: str | None = No
     env = {"PATH": f"{bindir}:{os.environ.get('PATH', '/usr/bin:/bin')}", "ANSIBLE_FORCE_COLOR": "0",
            "ANSIBLE_CONFIG": str(REPO_ROOT / "ansible.cfg"),
            "ANSIBLE_CALLBACK_PLUGINS": str(REPO_ROOT / "plugins" / "callback")}
+    if not sys.stdout.isatty():  # ansible-runner gives ansible a pty: say there is no terminal to draw on
+        env["ANSIBLE_NOCOLOR"] = "1"
     if progress and (REPO_ROOT / "plugins" / "callback" / "specfleet_progress.py").is_file():
         env["ANSIBLE_STDOUT_CALLBACK"] = "specfleet_progress"  # one line per spec change, not per task
     cmdline = []
     if limit:
         cmdline += ["--limit", limit]
     if inventory:
-        cmdline += ["-i", str(Path(inventory).resolve())]
+        cmdline += ["-i", str(Path(inventory).expanduser().resolve())]
     if check:
         cmdline.append("--check")
     old_path = os.environ.get("PATH", "")
@@ -223,7 +240,7 @@ def run_playbook(command: str, extravars: dict[str, Any], limit: str | None = No
     try:
         result = ansible_runner.run(private_data_dir=str(private), project_dir=str(REPO_ROOT),
                                     playbook=str(REPO_ROOT / PLAYBOOKS[command]), extravars=extravars,
-                                    envvars=env, cmdline=" ".join(cmdline) or None, quiet=False,
+                                    envvars=env, cmdline=shlex.join(cmdline) or None, quiet=False,
                                     settings={"suppress_ansible_output": False})
     finally:
         os.environ["PATH"] = old_path
@@ -241,8 +258,9 @@ def _usage(text: str) -> int:
 
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="specfleet", description="Run coding-agent specs across SSH worker nodes.",
-                                  epilog="Exit codes: 0 done; 1 failed (or failed/blocked specs in status); "
-                                         "2 bad input; 3 state store unreadable; 4 a node unreachable.")
+                                  epilog="Exit codes: status and report 0 done, 1 failed or blocked specs shown, "
+                                         "2 bad input, 3 state store unreadable; acting commands exit with "
+                                         "ansible-playbook's status (0 ok, 2 a task failed, 4 unreachable node).")
     top.add_argument("--db", help="the state database (default $SPECFLEET_DB or $SPECFLEET_HOME/state.db)")
     top.add_argument("-i", "--inventory", help="inventory for the playbooks (default: ansible.cfg's)")
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -295,10 +313,13 @@ def report(args: argparse.Namespace) -> int:
     extra = dict(item.partition("=")[::2] for item in args.extra or [])
     try:
         written = daily.write_report(db, args.project, args.day, extra.get("report_dir"), dry_run=args.check)
-    except (StoreError, sqlite3.Error) as exc:
+    except (StoreError, sqlite3.Error, OSError) as exc:
         print(f"specfleet: {exc}", file=sys.stderr)
-        return EXIT_INPUT if isinstance(exc, daily.ReportError) else EXIT_STORE
-    print("\n".join(written["lines"]))
+        return EXIT_INPUT if isinstance(exc, (daily.ReportError, OSError)) else EXIT_STORE
+    lines = written["lines"]
+    if args.check:
+        lines = [*lines[:-1], f"check mode: would write {written['markdown']} and {written['html']}"]
+    print("\n".join(lines))
     return EXIT_OK
 
 
@@ -323,7 +344,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _usage(f"ansible-playbook is not in {Path(sys.executable).parent} (run scripts/setup.sh)")
     extravars = _extravars(args)
     if args.db:
-        extravars["specfleet_db"] = str(Path(args.db).resolve())
+        extravars["specfleet_db"] = str(Path(args.db).expanduser().resolve())
     return run_playbook(args.command, extravars, limit=getattr(args, "node", None), inventory=args.inventory,
                         check=args.check, progress=args.command == "start")
 

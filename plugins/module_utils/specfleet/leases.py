@@ -270,10 +270,14 @@ class LeaseBook:
         result = PassResult()
         stamp = now()
         with self.store.transaction() as db:
+            if _dry_run:  # a preview's attempts name no live run; nothing of it is ever committed
+                db.execute("PRAGMA defer_foreign_keys = ON")
             result.expired = self._expire(db, stamp)
             _upsert_nodes(db, nodes, stamp)
             project_row = db.execute("SELECT repository FROM projects WHERE name = ?", (project,)).fetchone()
             if project_row is None:
+                if _dry_run:
+                    raise _Rollback(result)
                 return result
             repository = project_row["repository"]
             rows = {r["task_id"]: r for r in db.execute("SELECT * FROM specs WHERE project = ?", (project,))}

@@ -254,6 +254,8 @@ ALTER TABLE nodes ADD COLUMN disabled_reason TEXT;
 ALTER TABLE nodes ADD COLUMN disabled_at REAL;
 ALTER TABLE nodes ADD COLUMN facts_json TEXT;
 ALTER TABLE nodes ADD COLUMN checked_at REAL;
+"""),
+    (8, "the executors each node runs (its inventory labels), for status's scheduling preview", """
 ALTER TABLE nodes ADD COLUMN labels_json TEXT;
 """),
 ]
