@@ -383,9 +383,19 @@ class Live:
             self.counter.remove()
         self.tracker.close()
 
-    def pump(self) -> None:
-        with self.lock:
+    def pump(self, wait: bool = True) -> None:
+        """Print what changed. The main thread does not wait (``wait=False``) when the thread is printing.
+
+        Under ansible-runner, display calls take runner's lock, which the main thread holds while
+        it delivers a result to this callback: waiting here for our thread, which waits for that
+        lock, would deadlock. The thread prints the change a moment later instead.
+        """
+        if not self.lock.acquire(blocking=wait):
+            return
+        try:
             self._pump()
+        finally:
+            self.lock.release()
 
     def _run(self) -> None:
         while not self.stopping.wait(POLL_S):
@@ -511,7 +521,7 @@ class CallbackModule(DefaultCallbackModule):
             if action in ("specfleet_job", "specfleet_attempt"):
                 self._live.tracker.plain = action == "specfleet_job"
         self._handle_warnings(result.result)
-        self._live.pump()
+        self._live.pump(wait=False)
 
     def v2_runner_on_ok(self, result):
         if self._is_spec(result):

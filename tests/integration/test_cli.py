@@ -38,7 +38,7 @@ def test_bad_arguments_exit_2_before_any_playbook(fleet):
 
 
 def test_start_dispatches_with_live_progress_and_status_is_empty_after(cluster, fleet):
-    run = specfleet(fleet, "start", "clawmarketing", "-e", "specfleet_job_command=true")
+    run = specfleet(fleet, "start", "clawmarketing", "-e", "specfleet_job_command=true", timeout=300)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
     assert re.search(r"^\[\d\d:\d\d:\d\d\] done 8/8  running 0  waiting 0  failed 0 ", run.stdout, re.M), run.stdout
     assert len(re.findall(r"^\d\d:\d\d:\d\d  S0\S+\s+completed$", run.stdout, re.M)) == 8
