@@ -176,6 +176,9 @@ class ActionModule(ActionBase):
             return result
         if not outcome["ok"]:
             result["failed"] = True
+            if outcome.get("infrastructure"):
+                # Requeued without charging an attempt; the job is over (this is its final status).
+                result.update(specfleet_infrastructure=True, specfleet_job_ended=True)
         return result
 
     def _secret_values(self, args: dict) -> list[str]:

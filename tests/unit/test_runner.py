@@ -388,3 +388,14 @@ def test_the_runner_version_is_a_fingerprint_of_its_files(tmp_path):
     assert same.stdout.strip() == runner.runner_version() and len(runner.runner_version()) == 12
     (tmp_path / "paths.py").write_text((tmp_path / "paths.py").read_text() + "\n# changed\n")
     assert runner.runner_version(str(tmp_path)) != runner.runner_version()
+
+
+def test_a_mirror_without_the_start_commit_is_the_nodes_fault_not_the_specs(tmp_path, repo):
+    run = make_run(tmp_path, repo, [{"write": {"app.py": "X = 7\n"}}])
+    job = json.loads((run / "job.json").read_text())
+    job["base"] = "0b1f0ac2be819cc84b75b4e9c452b6204313ce3d"  # a commit the mirror never received
+    (run / "job.json").write_text(json.dumps(job))
+    assert subprocess.run([sys.executable, str(RUNNER), "run", str(run)], capture_output=True).returncode == 1
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "failed" and status["infrastructure"] is True
+    assert "lacks the start commit 0b1f0ac2be81" in status["error"]

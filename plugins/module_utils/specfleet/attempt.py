@@ -248,6 +248,7 @@ def collect(*, db: str | None, specs_root: str | None, project: str, task_id: st
                           f"{status.get('phase')}): the attempt did not finish cleanly")
     elif status.get("state") != "succeeded":
         outcome["msg"] = status.get("error") or f"the attempt ended {status.get('state')}"
+        outcome["infrastructure"] = bool(status.get("infrastructure"))
     elif not status.get("commit"):
         outcome["msg"] = "the runner reported success without a commit"
     else:
@@ -268,7 +269,7 @@ def collect(*, db: str | None, specs_root: str | None, project: str, task_id: st
                              commit_sha=status.get("commit") if outcome["ok"] else None, rounds=len(rounds),
                              artifacts=str(folder),
                              result={k: outcome[k] for k in ("ok", "state", "phase", "msg", "files_changed")})
-        if not outcome["ok"]:
+        if not outcome["ok"] and not outcome.get("infrastructure"):  # the node's fault teaches the spec nothing
             store.add_lesson(project, task_id, attempt, "failure", _lesson(outcome["msg"], rounds))
         if leftover:
             row = store.db.execute("SELECT id FROM attempts WHERE project = ? AND task_id = ? AND number = ?",

@@ -91,6 +91,10 @@ class RunnerError(Exception):
     """A failure with a message for the status file, ``phase`` says where."""
 
 
+class InfrastructureError(RunnerError):
+    """The node, not the spec, failed (e.g. its mirror lacks the start commit): no attempt is charged."""
+
+
 def now() -> float:
     return time.time()
 
@@ -445,7 +449,13 @@ class Attempt:
         if os.listdir(self.workspace):
             raise RunnerError(f"workspace {self.workspace} is not empty")
         self.git("clone", "-q", "--shared", "--no-checkout", mirror, self.workspace, cwd=self.run_dir)
-        self.git("checkout", "-q", "-b", job["branch"], job["base"])
+        try:
+            self.git("checkout", "-q", "-b", job["branch"], job["base"])
+        except RunnerError as exc:
+            if re.search(r"reference is not a tree|not a valid object|bad object|unable to read", str(exc)):
+                raise InfrastructureError(f"the node's mirror {mirror} lacks the start commit {job['base'][:12]}: "
+                                          f"{exc}") from None
+            raise
         excludes = list(DEFAULT_EXCLUDES) + list(job.get("exclude", []))
         with open(os.path.join(self.workspace, ".git", "info", "exclude"), "a", encoding="utf-8") as handle:
             handle.write("\n".join(excludes) + "\n")
@@ -718,6 +728,9 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
         return attempt.run()
+    except InfrastructureError as exc:
+        attempt.status["infrastructure"] = True
+        attempt.finalise("failed", str(exc))
     except RunnerError as exc:
         attempt.finalise("failed", str(exc))
     except Exception as exc:  # the status must say what broke, whatever it was
