@@ -11,6 +11,7 @@ if _CORE not in sys.path:
     sys.path.insert(0, _CORE)
 
 from ansible.plugins.action import ActionBase  # noqa: E402
+from specfleet_action import chat_endpoint  # noqa: E402
 
 from specfleet import chat, planning  # noqa: E402
 from specfleet.controller import resolve_specs_root  # noqa: E402
@@ -68,16 +69,10 @@ class ActionModule(ActionBase):
 
     def _plan(self, result, root, project, args, task_vars, names, default):
         direction = planning.read_direction(args["direction"], args["direction_file"])
-        raw = task_vars.get("specfleet_plan_endpoint")
-        if not raw:
+        endpoint = chat_endpoint(self._templar, task_vars, "specfleet_plan_endpoint")
+        if endpoint is None:
             raise planning.PlanError("specfleet_plan_endpoint is not set in the inventory (base_url, model, "
                                      "api_key_var naming the vault variable with the key)")
-        # api_key_var is a name: it is not templated (a template there would put the key in messages).
-        settings_only = {k: v for k, v in raw.items() if k != "api_key_var"} if isinstance(raw, dict) else raw
-        templated = self._templar.template(settings_only)
-        if isinstance(templated, dict):
-            templated = dict(templated, api_key_var=raw.get("api_key_var"))
-        endpoint = chat.Endpoint.from_vars(templated, self._lookup(task_vars), "specfleet_plan_endpoint")
         settings = planning.Settings(rounds=max(1, args["rounds"]), max_specs=max(1, args["max_specs"]))
         if args["template"]:
             settings.template = Path(args["template"]).expanduser().resolve()
@@ -92,9 +87,3 @@ class ActionModule(ActionBase):
                     msg=f"{project}: {len(plan.task_ids)} valid specs after {plan.rounds} round(s) in "
                         f"{written[0].parent}" + (f"; approve with playbooks/plan.yml -e project={project} "
                                                   "-e approve=all" if args["into"] == "pending" else ""))
-
-    def _lookup(self, task_vars: dict):
-        def lookup(name: str):
-            value = task_vars.get(name)
-            return None if value is None else str(self._templar.template(value))
-        return lookup

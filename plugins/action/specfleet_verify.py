@@ -10,9 +10,9 @@ _CORE = str(Path(__file__).resolve().parents[1] / "module_utils")
 if _CORE not in sys.path:
     sys.path.insert(0, _CORE)
 
-from specfleet_action import DB_OPTION, LandingAction  # noqa: E402
+from specfleet_action import DB_OPTION, LandingAction, chat_endpoint  # noqa: E402
 
-from specfleet import landing, llmreview  # noqa: E402
+from specfleet import landing  # noqa: E402
 from specfleet.states import SpecState  # noqa: E402
 from specfleet.store import Store  # noqa: E402
 
@@ -32,8 +32,7 @@ class ActionModule(LandingAction):
         endpoint = None
         if config.review != "off":
             try:
-                endpoint = llmreview.Endpoint.from_vars(self._templar.template(
-                    task_vars.get("specfleet_review_endpoint")), self._lookup(task_vars))
+                endpoint = chat_endpoint(self._templar, task_vars, "specfleet_review_endpoint")
             except ValueError as exc:
                 return dict(result, failed=True, msg=str(exc))
         with Store(db) as store:
@@ -51,9 +50,3 @@ class ActionModule(LandingAction):
         if failed and args["tasks"]:
             result["failed"] = True
         return result
-
-    def _lookup(self, task_vars: dict):
-        def lookup(name: str) -> str | None:
-            value = task_vars.get(name)
-            return None if value is None else str(self._templar.template(value))
-        return lookup

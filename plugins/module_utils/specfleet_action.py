@@ -89,3 +89,24 @@ class LandingAction(ControllerAction):
         root = task_vars["hostvars"][node].get("specfleet_work_root") or "~/specfleet"
         return OnNode(node, str(self._templar.template(root)), project, self._shell,
                       lambda local, remote: self._transfer_file(local, remote))
+
+
+def chat_endpoint(templar, task_vars: dict, name: str):
+    """The inventory's chat endpoint ``name`` (review, planning), or None; ValueError says what is wrong.
+
+    Every setting is templated except ``api_key_var``: it is the *name* of the variable with
+    the key, and a template there would put the key itself into error messages.
+    """
+    from specfleet.chat import Endpoint
+    raw = task_vars.get(name)
+    if not raw:
+        return None
+    if isinstance(raw, dict):
+        templated = templar.template({k: v for k, v in raw.items() if k != "api_key_var"})
+        raw = dict(templated, api_key_var=raw.get("api_key_var"))
+
+    def lookup(var: str) -> str | None:
+        value = task_vars.get(var)
+        return None if value is None else str(templar.template(value))
+
+    return Endpoint.from_vars(raw, lookup, name)

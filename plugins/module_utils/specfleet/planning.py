@@ -257,6 +257,12 @@ def _key(problem: Any) -> tuple:
 def check(specs_root: Path, project: str, rendered: Mapping[str, str], executors: Iterable[str] | None,
           default_executor: str | None, settings: Settings, approving: bool = False) -> list[str]:
     """Problems of the project with ``rendered`` added, that the project alone does not have."""
+    return _check(specs_root, project, rendered, executors, default_executor, settings, approving)[0]
+
+
+def _check(specs_root: Path, project: str, rendered: Mapping[str, str], executors: Iterable[str] | None,
+           default_executor: str | None, settings: Settings, approving: bool = False) -> tuple[list[str], dict]:
+    """:func:`check`, and the new specs as the validator parsed them (task id -> Spec)."""
     executors = None if executors is None else list(executors)
     pending = set() if approving else {p.name for p in (specs_root / project / "pending").glob("*.md")}
     with tempfile.TemporaryDirectory(prefix="specfleet-plan-") as scratch:
@@ -272,7 +278,7 @@ def check(specs_root: Path, project: str, rendered: Mapping[str, str], executors
         clashes += [f"specs/{project}/pending/{name}: a pending spec has that name (approve or delete it first, "
                     "or choose another task_id)" for name in rendered if name in pending]
         if clashes:
-            return clashes
+            return clashes, {}
         for name, text in rendered.items():
             (trial / name).write_text(text, encoding="utf-8")
         report = validate_project(scratch, project, executors, default_executor, display_root="specs")
@@ -307,7 +313,7 @@ def check(specs_root: Path, project: str, rendered: Mapping[str, str], executors
                 problems.append(f"specs/{project}/{second}.md: field 'modifies': {b!r} overlaps {a!r} of {first}, and "
                                 "neither depends on the other: they could run at once and trample each other "
                                 "(order them with depends_on, or give each its own files)")
-    return problems
+    return problems, specs
 
 
 def _shown(path: Path) -> str:
@@ -400,11 +406,10 @@ def make_plan(endpoint: chat.Endpoint, specs_root: Path, project: str, direction
                 elif name:
                     rendered[name] = spec_text
             if not problems:
-                problems = check(specs_root, project, rendered, executors, default_executor, settings)
+                problems, final = _check(specs_root, project, rendered, executors, default_executor, settings)
         history.append(problems)
         log(f"round {round_no}: " + ("valid" if not problems else f"{len(problems)} problem(s)"))
         if not problems:
-            final = _report(specs_root, project, rendered, executors, default_executor)
             stamp = time.strftime("%Y-%m-%d %H:%M:%S %z")
             return Plan(rendered, plan_document(data, direction, endpoint.model, round_no, project, final, stamp,
                                                 settings.template),
@@ -414,17 +419,6 @@ def make_plan(endpoint: chat.Endpoint, specs_root: Path, project: str, direction
                       "with the whole corrected JSON object (all specs, not only the changed ones):\n"
                       + "\n".join(f"- {p}" for p in problems)}]
     raise PlanInvalid(settings.rounds, history[-1])
-
-
-def _report(specs_root: Path, project: str, rendered: Mapping[str, str], executors, default_executor) -> dict:
-    """The new specs as the validator parses them (for the plan document)."""
-    with tempfile.TemporaryDirectory(prefix="specfleet-plan-") as scratch:
-        trial = _trial(specs_root, project, scratch)
-        for name, text in rendered.items():
-            (trial / name).write_text(text, encoding="utf-8")
-        report = validate_project(scratch, project, executors, default_executor, check_repository=False)
-    new = {name[:-3] for name in rendered}
-    return {tid: s for tid, s in report.specs.items() if tid in new}
 
 
 # -- landing and approval -------------------------------------------------------------------------
