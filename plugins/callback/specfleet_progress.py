@@ -373,12 +373,15 @@ class Live:
         self.thread = threading.Thread(target=self._run, name="specfleet_progress", daemon=True)
         self.thread.start()
 
-    def stop(self) -> None:
+    def stop(self, last_look: bool = True) -> None:
+        """End the thread; print what changed since its last pass unless ``last_look`` is false
+        (a play that matched no host has nothing to show)."""
         self.stopping.set()
         if self.thread is not None:
             self.thread.join(timeout=10)
-        with self.lock:
-            self._pump()
+        if last_look:
+            with self.lock:
+                self._pump()
         if self.counter:
             self.counter.remove()
         self.tracker.close()
@@ -461,6 +464,15 @@ class CallbackModule(DefaultCallbackModule):
         super().v2_playbook_on_play_start(play)
         if str(play.strategy or "").rsplit(".", 1)[-1] == STRATEGY:
             self._start_live()
+
+    def v2_playbook_on_no_hosts_matched(self):
+        # dispatch.yml has one dispatch play for agent specs and one for plain jobs; the
+        # other one matches no host and has nothing to follow.
+        live, self._live = self._live, None
+        self._spec_hosts = frozenset()
+        if live is not None:
+            live.stop(last_look=False)
+        super().v2_playbook_on_no_hosts_matched()
 
     def v2_playbook_on_stats(self, stats):
         self._end_live()
