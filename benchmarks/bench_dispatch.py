@@ -226,9 +226,8 @@ def start_latencies(starts: dict, ends: dict, deps: dict, modifies: dict) -> lis
     latencies = []
     for end in sorted(ends.values()):
         running = [t for t in starts if starts[t] <= end < ends.get(t, float("inf"))]
-        ready = [t for t in starts if starts[t] > end
-                 and all(ends.get(d, float("inf")) <= end for d in deps[t])
-                 and not any(sets_overlap(modifies[t], modifies[r]) for r in running)]
+        ready = any(starts[t] > end and all(ends.get(d, float("inf")) <= end for d in deps[t])
+                    and not any(sets_overlap(modifies[t], modifies[r]) for r in running) for t in starts)
         if ready:
             latencies.append(next(s for s in order if s > end) - end)
     return latencies

@@ -14,9 +14,7 @@ Prints a table and writes ``benchmarks/results/merge.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import random
 import subprocess
 import sys
@@ -24,14 +22,13 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT / "plugins" / "module_utils"))
+from common import write_result
 
-from specfleet import landing  # noqa: E402
-from specfleet.project import load_project  # noqa: E402
-from specfleet.states import SpecState  # noqa: E402
-from specfleet.store import Store, now  # noqa: E402
-from specfleet.validation import validate_project  # noqa: E402
+from specfleet import landing
+from specfleet.project import load_project
+from specfleet.states import SpecState
+from specfleet.store import Store, now
+from specfleet.validation import validate_project
 
 GIT_ENV = dict(os.environ, GIT_AUTHOR_NAME="bench", GIT_AUTHOR_EMAIL="bench@x.invalid", GIT_COMMITTER_NAME="bench",
                GIT_COMMITTER_EMAIL="bench@x.invalid")
@@ -109,10 +106,7 @@ def main() -> int:
         print(f"{len(row['bad']):>3} {row['merged']:>6} {row['test_runs']:>9} {row['one_per_branch']:>14} "
               f"{row['batches']:>7} {row['seconds']:>6.1f}s  {', '.join(row['found']) or '-'}"
               + ("" if row["found"] == row["bad"] else f"  (bad: {', '.join(row['bad'])})"))
-    out = REPO_ROOT / "benchmarks" / "results" / "merge.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": platform.platform(), "cpus": os.cpu_count(), "batch": args.batch,
-                               "runs": rows}, indent=1))
+    print(f"wrote {write_result('merge', {'batch': args.batch, 'runs': rows})}")
     return 0 if all(r["found"] == r["bad"] for r in rows) else 1
 
 
