@@ -120,14 +120,22 @@ def simulate(root: Path, nodes: list[NodeInfo], durations: dict) -> float:
         assert report.ok, report.summary()
         with Store(root / "sim.db") as store:
             store.feed(report)
-            run = policy.Dispatcher(store, "bench", list(durations), nodes, poll=0.0, clock=lambda: clock[0])
+            # merge=False: plain jobs, so a completed dependency lets dependents start (as in the real run)
+            run = policy.Dispatcher(store, "bench", list(durations), nodes, poll=0.0, clock=lambda: clock[0],
+                                    merge=False)
             run.open()
             ends: dict[str, float] = {}
+            started = 0
             while True:
                 step = run.step(force=True)
+                if step.dropped:
+                    raise RuntimeError(f"the simulation dropped specs: {step.dropped}")
+                started += len(step.start)
                 for grant in step.start:
                     ends[grant.task_id] = clock[0] + durations[grant.task_id]
                 if step.done:
+                    if started != len(durations):
+                        raise RuntimeError(f"the simulation ran {started} of {len(durations)} specs")
                     return clock[0]
                 clock[0] = min(ends.values())
                 for task in [t for t, end in ends.items() if end <= clock[0]]:
@@ -259,6 +267,21 @@ def counting_wrappers(directory: Path, log: Path) -> dict[str, str]:
     return env
 
 
+def resimulate(path: Path, parser: argparse.ArgumentParser) -> int:
+    """The simulation is deterministic: rebuild the same project and simulate it again."""
+    result = json.loads(path.read_text())
+    args = parser.parse_args([])
+    vars(args).update(result["config"])
+    with tempfile.TemporaryDirectory(prefix="specfleet-bench-sim-") as tmp:
+        _, durations, _ = make_project(Path(tmp), args)
+        sim = simulate(Path(tmp), [NodeInfo(f"node-{i}", args.slots) for i in range(1, args.nodes + 1)], durations)
+    result.update(sim_s=round(sim, 1), makespan_over_sim=round(result["makespan_s"] / sim, 3),
+                  sim_over_lb=round(sim / result["lower_bound_s"], 3))
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"{path.name}: sim {sim:.1f} s, makespan/sim {result['makespan_over_sim']}, sim/LB {result['sim_over_lb']}")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--shape", choices=("wide", "deep", "mixed"), default="mixed")
@@ -273,7 +296,11 @@ def main() -> int:
     parser.add_argument("--name", help="result file name (default: shape, size and locks)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
     parser.add_argument("--profile", metavar="FILE", help="run ansible-playbook under py-spy, collapsed stacks to FILE")
+    parser.add_argument("--resimulate", metavar="RESULT", type=Path,
+                        help="recompute the policy simulation of an earlier result (same seed and sizes) and update it")
     args = parser.parse_args()
+    if args.resimulate:
+        return resimulate(args.resimulate, parser)
     name = args.name or f"{args.shape}-{args.nodes}x{args.slots}-{args.specs}" + ("-locks" if args.locks else "")
 
     root = Path(tempfile.mkdtemp(prefix="specfleet-bench-"))

@@ -8,6 +8,7 @@ Scenarios (see BENCHMARKS.md for what each measures and the reference figures):
 * scale: 1,000 specs (mixed DAG, 30-120 s) on 7 nodes x 20 slots;
 * idle: 140 specs of 150 s on 7 x 20 slots, all running at once (peak memory, idle-wait CPU);
 * validate: validation and planning of 1,000 specs;
+* pipeline: the README demo's 8 specs through the full agent pipeline (CPU and SSH calls per spec);
 * merge: the merge queue's test runs for 20 branches with 0, 1 and 3 bad ones.
 
     .venv/bin/python benchmarks/run_suite.py                 # everything, about an hour
@@ -39,6 +40,7 @@ SCENARIOS["scale"] = ["bench_dispatch.py", "--shape", "mixed", "--specs", "1000"
 SCENARIOS["idle"] = ["bench_dispatch.py", "--shape", "wide", "--specs", "140", "--nodes", "7", "--slots", "20",
                      "--min", "150", "--max", "150", "--name", "idle"]
 SCENARIOS["validate"] = ["bench_validate.py", "--specs", "1000"]
+SCENARIOS["pipeline"] = ["bench_pipeline.py"]
 SCENARIOS["merge"] = ["bench_merge.py", "--branches", "20", "--bad", "0", "1", "3"]
 
 DISPATCH_COLUMNS = [
@@ -74,7 +76,7 @@ def main() -> int:
     if rows:
         print()
         print(table(rows, DISPATCH_COLUMNS))
-    for name in ("validate", "merge"):
+    for name in ("validate", "pipeline", "merge"):
         if name in chosen and (RESULTS / f"{name}.json").exists():
             outcomes[name]["figures"] = json.loads((RESULTS / f"{name}.json").read_text())
     print()
