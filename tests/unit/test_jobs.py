@@ -84,6 +84,10 @@ def test_cancel_signals_the_whole_group_and_is_recorded(job, tmp_path):
 def test_a_job_whose_supervisor_died_is_lost_and_a_missing_one_is_missing(job):
     run, work = job()
     sh(jobs.launch_script(run, work, "sleep 60", {}, 60))
+    # The launch returns once the wrapper has written its pid; the job's pid follows (seen missing under load).
+    deadline = time.monotonic() + 10
+    while not Path(run, "job_pid").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
     os.kill(int(Path(run, "wrapper_pid").read_text()), signal.SIGKILL)
     os.killpg(int(Path(run, "job_pid").read_text()), signal.SIGKILL)
     deadline = time.monotonic() + 10
