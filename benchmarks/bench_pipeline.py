@@ -49,8 +49,8 @@ def main() -> int:
     cluster = [sys.executable, "tools/localcluster.py"]
     log = open(scratch / "run.log", "w")  # every step appends to it
 
-    def step(*command: str, extra: dict | None = None) -> int:
-        return subprocess.run(command, cwd=REPO_ROOT, env={**env, **(extra or {})}, stdout=log,
+    def step(*command: str) -> int:
+        return subprocess.run(command, cwd=REPO_ROOT, env=env, stdout=log,
                               stderr=subprocess.STDOUT, check=False).returncode
 
     try:
