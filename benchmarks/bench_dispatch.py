@@ -14,7 +14,8 @@ whose specs' ``estimate`` is exact (whole seconds) and whose job sleeps that lon
 * controller CPU: user+sys of ansible-playbook, every process it waited for, and the SSH
   ControlMaster processes (they detach, so rusage misses them), per spec;
 * SSH round trips: every ssh/sftp the controller ran (a counting wrapper), per spec;
-* node polling CPU: CPU of the node-side waiters (one per running spec), per spec-minute;
+* node polling CPU: CPU of the node-side watchers (one per node) and of any waiter (one per spec
+  waiting in a worker), per spec-minute;
 * idle-wait CPU: the controller's CPU while specs ran and nothing started or ended;
 * controller peak memory: peak summed PSS of the ansible-playbook tree plus the
   ControlMasters, with the worker count at that moment.
@@ -58,7 +59,9 @@ JOB = ('d=$(cat {shared}/durations/$SPECFLEET_TASK_ID); '
        'echo "start $SPECFLEET_TASK_ID $(date +%s.%N)" >> {shared}/log; sleep "$d"; '
        'echo "end $SPECFLEET_TASK_ID $(date +%s.%N)" >> {shared}/log')
 SHARED_PATHS = ["src/shared/", "docs/*.md", "README.md"]
-WAITER_MARK = "HEARTBEAT_AGE="  # a string only the node-side waiter's command line holds
+# Strings only the command lines of the node-side waiters (one per spec waiting in a worker)
+# and node watchers (one per node) hold.
+WAITER_MARKS = ("HEARTBEAT_AGE=", "specfleet-node-watch")
 COUNTER = '#!/bin/bash\nprintf "%s {tool}\\n" "$EPOCHREALTIME" >> {log}\nexec {real} "$@"\n'
 
 
@@ -199,7 +202,7 @@ class Sampler(threading.Thread):
             if pid in self.masters or (line and "[mux]" in line and self.cp_dir in line):
                 fields = stats[pid]
                 self.masters[pid] = sum(int(x) for x in fields[11:15]) / TICK
-            elif pid in self.waiters or (line and WAITER_MARK in line and stats[pid][-1].startswith("python")):
+            elif pid in self.waiters or (line and any(m in line for m in WAITER_MARKS) and stats[pid][-1].startswith("python")):
                 fields = stats[pid]
                 self.waiters[pid] = (int(fields[11]) + int(fields[12])) / TICK
         cpu = sum(sum(int(x) for x in stats[p][11:15]) for p in tree if p in stats) / TICK

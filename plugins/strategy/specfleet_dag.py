@@ -12,13 +12,18 @@ plugin is kept to this one class so that moving off the interface touches one fi
 from __future__ import annotations
 
 import os
+import queue
 import sys
+import threading
 import time
 from pathlib import Path
 
 from ansible import constants as C
+from ansible._internal._templating._engine import TemplateEngine
 from ansible.errors import AnsibleError
 from ansible.executor.play_iterator import HostState
+from ansible.module_utils.parsing.convert_bool import boolean
+from ansible.plugins.loader import connection_loader
 from ansible.plugins.strategy.free import StrategyModule as FreeStrategy
 from ansible.utils.display import Display
 
@@ -27,8 +32,10 @@ if _CORE not in sys.path:
     sys.path.insert(0, _CORE)
 
 from specfleet import dispatcher as policy  # noqa: E402
+from specfleet import jobs  # noqa: E402
 from specfleet.fleet import NodeInfo  # noqa: E402
 from specfleet.store import Store, StoreError  # noqa: E402
+from specfleet.watch import NodeWatch, local_argv  # noqa: E402
 
 DOCUMENTATION = r"""
 name: specfleet_dag
@@ -47,7 +54,12 @@ description:
     running spec holds a path lock overlapping its C(modifies).
   - An unreachable spec host is charged to its node, not the spec. The node is quarantined with
     backoff and the spec is queued again without using an attempt.
-  - The worker pool grows with the number of running specs (one waiting worker each).
+  - A running spec does not wait in a worker. Once its job has started, the spec is parked
+    before its wait step and one watcher per node (a single SSH session running a small
+    Python loop there) reports when the job has finished, died, stalled or vanished; only then
+    does the wait step run, and it returns at once. If a node's watcher cannot be started
+    (a connection other than ssh or local, password authentication), ends or falls silent, its
+    specs wait in workers as before. C(-e specfleet_node_watch=false) turns watchers off.
   - A spec whose job outlived an earlier run (controller killed, node cut off) is granted its old
     attempt again on the same node, with C(specfleet_job_run) set to the run id of its directories
     there, so the pipeline re-attaches to the job or harvests its result instead of starting a
@@ -58,7 +70,13 @@ author: specfleet contributors
 display = Display()
 NODE_GROUP = "specfleet_nodes"
 COLLECT_ACTIONS = ("specfleet_attempt", "ansible.legacy.specfleet_attempt")
-IDLE_SLEEP = 0.05  # extra pause of a pass in which nothing happened (no result, no start)
+START_ACTIONS = COLLECT_ACTIONS + ("specfleet_job", "ansible.legacy.specfleet_job")
+WAIT_ACTIONS = ("specfleet_job", "ansible.legacy.specfleet_job")
+SSH_CONNECTIONS = ("ssh", "ansible.builtin.ssh", "ansible.legacy.ssh")
+LOCAL_CONNECTIONS = ("local", "ansible.builtin.local", "ansible.legacy.local")
+IDLE_WAIT = 0.25    # longest pause of a pass in which nothing happened; a result or a watcher's report ends it
+IDLE_SLICE = 0.01   # how often that pause looks for results from workers
+WATCH_RETRY_S = 30  # a node whose watcher broke gets a new one after this long
 
 
 class StrategyModule(FreeStrategy):
@@ -70,12 +88,24 @@ class StrategyModule(FreeStrategy):
         self._infra: dict[str, str] = {}         # host name -> the pipeline says its machinery failed
         self._job_ended: set[str] = set()        # host names whose job is known to be gone (no leftover)
         self._stalled: set[str] = set()          # host names whose job was killed for a stopped heartbeat
+        # Node watchers (see DOCUMENTATION): which specs are parked and where their jobs run.
+        self._granted: dict[str, str] = {}        # host name -> node of its current grant
+        self._run_dirs: dict[str, str] = {}       # host name -> run directory of its started job
+        self._parked: dict[str, tuple[str, str]] = {}  # host name -> (node, run directory)
+        self._released: set[str] = set()         # host names that wait in a worker this attempt
+        self._watches: dict[str, NodeWatch | None] = {}  # node -> its watcher (None: cannot have one)
+        self._watch_failed: dict[str, float] = {}  # node -> when its watcher broke
+        self._watch_events: queue.SimpleQueue = queue.SimpleQueue()
+        self._wake = threading.Event()
+        self._watch_on = True
+        self.watch_counts = {"parked": 0, "released_to_workers": 0}
 
     def run(self, iterator, play_context):
         self._iterator = iterator
         hosts = {h.name: h for h in self._inventory.get_hosts(iterator._play.hosts, order=iterator._play.order)}
         self._running: dict[str, object] = {}   # task id -> Host
         self._finished: list = []
+        self._play_context = play_context
         self._dispatcher = self._open(hosts)
         status = "failed"
         try:
@@ -83,6 +113,11 @@ class StrategyModule(FreeStrategy):
             status = "stopped" if self._dispatcher.stop else ("ok" if result == self._tqm.RUN_OK else "failed")
             return result
         finally:
+            for watch in self._watches.values():
+                if watch is not None:
+                    watch.close()
+            display.vv(f"specfleet_dag: {self.watch_counts['parked']} waits parked on node watchers, "
+                       f"{self.watch_counts['released_to_workers']} left to workers")
             self._dispatcher.close(status)
             self._dispatcher.store.close()
 
@@ -103,6 +138,10 @@ class StrategyModule(FreeStrategy):
         self._by_task = task_ids
         first_vars = self._variable_manager.get_vars(play=self._iterator._play, host=first)
         plain = bool(first_vars.get("specfleet_job_command"))  # plain jobs: no branch to merge
+        try:
+            self._watch_on = boolean(first_vars.get("specfleet_node_watch", True), strict=True)
+        except TypeError as exc:
+            raise AnsibleError(f"specfleet_node_watch: {exc}") from exc
         engine = policy.Dispatcher(Store(fixed["specfleet_db"]), fixed["specfleet_project"], task_ids, nodes,
                                    run_id=fixed["specfleet_run_id"], merge=not plain)
         try:
@@ -138,6 +177,7 @@ class StrategyModule(FreeStrategy):
     def get_hosts_left(self, iterator):
         """Spec hosts with work in flight or to queue; blocks while only waiting is left."""
         engine = self._dispatcher
+        self._take_watch_events()
         changed = self._collect_ended(iterator)
         while True:
             step = engine.step(force=changed)
@@ -148,14 +188,130 @@ class StrategyModule(FreeStrategy):
                 # Every spec host is finished or dropped by now, so this is non-empty: the
                 # free loop sees no work left and ends quietly.
                 return self._finished[-1:]
-            if self._running:
+            self._park(iterator)
+            if len(self._running) > len(self._parked):
                 break
-            time.sleep(engine.poll)  # nothing of ours runs: wait for slots freed elsewhere
+            # Nothing of ours runs in a worker: wait for a watcher's report or slots freed elsewhere.
+            self._idle(engine.poll)
             changed = False
-        if not step.start and not changed and not self._results:
-            time.sleep(IDLE_SLEEP)
+        if not step.start and not changed:
+            self._idle(IDLE_WAIT)
         self._grow_workers()
-        return list(self._running.values())
+        return [host for host in self._running.values() if host.name not in self._parked]
+
+    def _idle(self, timeout: float) -> None:
+        """Pause until a worker's result, a watcher's report or ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while not self._results and time.monotonic() < deadline:
+            if self._wake.wait(IDLE_SLICE):
+                break
+        self._wake.clear()
+        self._take_watch_events()
+
+    # -- node watchers: running specs wait without a worker ------------------------------------
+
+    def _park(self, iterator) -> None:
+        """Park every running spec whose next step is waiting for its started job; its node's watcher waits."""
+        for host in self._running.values():
+            name = host.name
+            if (name in self._parked or name in self._released or name not in self._run_dirs
+                    or self._blocked_hosts.get(name, False) or name in self._tqm._unreachable_hosts):
+                continue
+            task = iterator.get_next_task_for_host(host, peek=True)[1]
+            if task is None or task.action not in WAIT_ACTIONS or task.args.get("state") != "finished":
+                continue
+            node, run = self._granted[name], self._run_dirs[name]
+            watch = self._watch_for(node) if self._watch_on else None
+            stall = self._stall_of(host, task) if watch is not None else None
+            if stall is not None and watch.watch(run, stall):
+                self._parked[name] = (node, run)
+                self.watch_counts["parked"] += 1
+            else:
+                self._released.add(name)
+                self.watch_counts["released_to_workers"] += 1
+
+    def _stall_of(self, host, task) -> float | None:
+        """The wait step's stall limit for this spec, templated as its worker would; None if it cannot be."""
+        task_vars = self._variable_manager.get_vars(play=self._iterator._play, host=host, task=task,
+                                                    _hosts=self._hosts_cache, _hosts_all=self._hosts_cache_all)
+        try:
+            return float(TemplateEngine(loader=self._loader, variables=task_vars).template(task.args.get("stall", 0)))
+        except Exception as exc:  # the worker will report the same problem when it runs the step
+            display.vv(f"{host.name}: waits in a worker: its stall limit cannot be templated here ({exc})")
+            return None
+
+    def _watch_for(self, node: str) -> NodeWatch | None:
+        """The node's working watcher, started if need be; None if it has none now."""
+        watch = self._watches.get(node, False)
+        if watch is None:
+            return None
+        if watch and not watch.broken():
+            return watch
+        if watch:
+            if time.monotonic() - self._watch_failed.get(node, 0) < WATCH_RETRY_S:
+                return None
+            watch.close()
+        argv = self._watch_argv(node)
+        self._watches[node] = NodeWatch(node, argv, self._watch_events, self._wake) if argv else None
+        return self._watches[node]
+
+    def _watch_argv(self, node: str) -> list | None:
+        """The command that runs a watcher on ``node`` through its inventory connection; None if unsupported."""
+        host = self._inventory.get_host(node)
+        variables = self._variable_manager.get_vars(play=self._iterator._play, host=host)
+        templar = TemplateEngine(loader=self._loader, variables=variables)
+        try:
+            kind = str(templar.template(variables.get("ansible_connection") or self._play_context.connection or "ssh"))
+            python = str(templar.template(variables.get("ansible_python_interpreter") or "python3"))
+            script = jobs.watch_script("python3" if python.startswith("auto") else python)
+            if kind in LOCAL_CONNECTIONS:
+                return local_argv(script)
+            if kind not in SSH_CONNECTIONS:
+                display.vv(f"{node}: no node watcher over a {kind} connection; its specs wait in workers")
+                return None
+            conn = connection_loader.get("ssh", self._play_context)
+            conn.set_options(task_keys={"timeout": self._play_context.timeout},
+                             var_options=conn._resolve_option_variables(variables, templar))
+            if conn.get_option("password") or self._play_context.password:
+                display.vv(f"{node}: no node watcher with password authentication; its specs wait in workers")
+                return None
+            conn.host = conn.get_option("host")
+            return conn._build_command(conn.get_option("ssh_executable"), "ssh", conn.host, script)
+        except Exception as exc:  # any doubt: the specs wait in workers, as without watchers
+            display.warning(f"{node}: cannot start a node watcher ({exc}); its specs wait in workers")
+            return None
+
+    def _take_watch_events(self) -> None:
+        """Release the parked specs whose jobs stopped running, and all of a node whose watcher broke."""
+        for watch in self._watches.values():
+            if watch is not None and watch.watched:
+                watch.broken()  # notices a silent watcher
+        while True:
+            try:
+                node, run, state = self._watch_events.get_nowait()
+            except queue.Empty:
+                return
+            if state == "broken":
+                self._watch_failed[node] = time.monotonic()
+                released = [name for name, (where, _run) in self._parked.items() if where == node]
+                if released:
+                    display.warning(f"{node}: its node watcher stopped ({self._watches[node].broken()}); "
+                                    f"{len(released)} running specs wait in workers instead")
+            else:
+                released = [name for name, where in self._parked.items() if where == (node, run)]
+            for name in released:
+                del self._parked[name]
+                self._released.add(name)
+
+    def _forget_job(self, name: str) -> None:
+        """The spec's job was waited on (or the spec ended): nothing of it stays parked or watched."""
+        self._run_dirs.pop(name, None)
+        self._released.discard(name)
+        parked = self._parked.pop(name, None)
+        if parked:
+            watch = self._watches.get(parked[0])
+            if watch is not None:
+                watch.forget(parked[1])
 
     def _start(self, grant) -> None:
         host = self._by_task[grant.task_id]
@@ -163,6 +319,7 @@ class StrategyModule(FreeStrategy):
                            ("specfleet_attempt", grant.attempt), ("specfleet_job_run", grant.job_run)):
             self._variable_manager.set_host_variable(host.name, var, value)
         self._running[grant.task_id] = host
+        self._granted[host.name] = grant.node
         adopted = f", adopting the job run {grant.job_run} left there" if grant.adopted else ""
         if not self._progress_shown():  # the progress callback prints its own start line
             display.display(f"{host.name}: started on {grant.node} (slot {grant.slot}, attempt {grant.attempt}"
@@ -181,13 +338,14 @@ class StrategyModule(FreeStrategy):
         ended = False
         for task_id, host in list(self._running.items()):
             name = host.name
-            if self._blocked_hosts.get(name, False):
+            if name in self._parked or self._blocked_hosts.get(name, False):
                 continue
             unreachable = name in self._tqm._unreachable_hosts
             if not unreachable and iterator.get_next_task_for_host(host, peek=True)[1] is not None:
                 continue
             ended = True
             del self._running[task_id]
+            self._forget_job(name)
             failure = self._last_failure.pop(name, "pipeline failed")
             infra = self._infra.pop(name, None)
             job_ended = name in self._job_ended
@@ -235,6 +393,7 @@ class StrategyModule(FreeStrategy):
     def _reset(self, iterator, host, ending) -> None:
         """Make a requeued spec host start its pipeline from the top on its next grant."""
         name = host.name
+        self._forget_job(name)
         iterator.set_state_for_host(name, HostState(blocks=iterator._blocks))
         self._tqm._unreachable_hosts.pop(name, None)
         self._tqm._failed_hosts.pop(name, None)
@@ -265,6 +424,7 @@ class StrategyModule(FreeStrategy):
             data = result._return_data
             if not isinstance(data, dict) or self._collected(result, data):
                 continue
+            self._note_job(result, data)
             if not (data.get("failed") or data.get("unreachable")):
                 continue
             name = result.host.name
@@ -279,6 +439,16 @@ class StrategyModule(FreeStrategy):
             if data.get("specfleet_stalled"):
                 self._stalled.add(name)
         return results
+
+    def _note_job(self, result, data: dict) -> None:
+        """Remember where a spec's job was started (so it can be parked); forget it once it was waited on."""
+        task, name = result.task, result.host.name
+        state = task.args.get("state")
+        if task.action in WAIT_ACTIONS and state == "finished":
+            self._forget_job(name)
+        elif (task.action in START_ACTIONS and state == "started" and data.get("run_dir")
+              and not (data.get("failed") or data.get("unreachable") or data.get("skipped"))):
+            self._run_dirs[name] = data["run_dir"]
 
     def _collected(self, result, data: dict) -> bool:
         """The spec's branch is back from its node: free the slot while it lands on the controller."""

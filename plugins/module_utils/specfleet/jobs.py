@@ -25,7 +25,9 @@ wedged or stopped) is reported ``stalled``, and the caller kills it (:func:`stal
 
 Waiting is one remote command per segment that blocks until ``exit_code`` appears or
 the wrapper is gone, so a waiting spec costs no SSH polling traffic; a dropped connection only ends a
-segment and the caller reconnects (see the ``specfleet_job`` action plugin).
+segment and the caller reconnects (see the ``specfleet_job`` action plugin). The dispatch
+strategy normally runs that wait only once the node's *watcher* (``WATCHER``, one process and
+SSH session per node, see ``specfleet.watch``) has said the job is no longer running.
 
 This module only builds POSIX ``sh`` scripts and parses their output; the tests run
 them with a real ``sh``.
@@ -160,10 +162,10 @@ def launch_script(run: str, workdir: str, command: str, env: dict[str, str], tim
     )
 
 
-WAITER = """\
+# Node-side Python shared by the waiter and the watcher: the state of a run directory.
+_NODE_HELPERS = """\
 import os, sys, time
-run, segment, stall = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
-def read(name):
+def read_in(run, name):
     try:
         with open(os.path.join(run, name)) as f:
             return f.read().strip()
@@ -185,14 +187,24 @@ def alive(pid):
         return False
     except OSError:
         return True
-def heartbeat_age():
+def heartbeat_age_of(run):
     try:
         return time.time() - os.stat(os.path.join(run, "heartbeat")).st_mtime
     except OSError:
         return None
-def stalled():
-    age = heartbeat_age()
+def stalled_at(run, stall):
+    age = heartbeat_age_of(run)
     return stall > 0 and age is not None and age > stall and not os.path.exists(os.path.join(run, "stalled"))
+"""
+
+WAITER = _NODE_HELPERS + """\
+run, segment, stall = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+def read(name):
+    return read_in(run, name)
+def heartbeat_age():
+    return heartbeat_age_of(run)
+def stalled():
+    return stalled_at(run, stall)
 pid = read("wrapper_pid")
 if not pid.isdigit():
     print("STATUS=missing")
@@ -235,6 +247,62 @@ def wait_script(run: str, segment_s: int, python: str = "python3", stall_s: floa
     """
     return (f"{shlex.quote(python)} -c {shlex.quote(WAITER)} {shell_path(run)} {int(segment_s)} "
             f"{float(stall_s):g}\n")
+
+
+WATCHER = _NODE_HELPERS + """\
+# specfleet-node-watch: one per node and controller. Reads "watch <stall s> <run dir>" and
+# "forget <run dir>" lines on stdin; prints "<state> <run dir>" once a watched job is no
+# longer running (finished, lost, stalled, missing), and "ALIVE" every few seconds. Ends
+# when stdin closes, i.e. when the controller or its SSH session goes away.
+import select
+def state(run, stall):
+    if os.path.exists(os.path.join(run, "exit_code")):
+        return "finished"
+    pid = read_in(run, "wrapper_pid")
+    if not pid.isdigit():
+        return "missing"
+    if not alive(int(pid)):
+        return "finished" if os.path.exists(os.path.join(run, "exit_code")) else "lost"
+    return "stalled" if stalled_at(run, stall) else None
+tick, keepalive = float(sys.argv[1]), float(sys.argv[2])
+watched, pending, said = {}, b"", time.monotonic()
+print("READY", flush=True)
+while True:
+    ready = select.select([0], [], [], tick)[0]
+    if ready:
+        chunk = os.read(0, 65536)
+        if not chunk:
+            break
+        *lines, pending = (pending + chunk).split(b"\\n")
+        for line in lines:
+            word, _, rest = line.decode("utf-8", "replace").partition(" ")
+            if word == "watch":
+                stall, _, run = rest.partition(" ")
+                watched[run] = (os.path.expanduser(run), float(stall))
+            elif word == "forget":
+                watched.pop(rest, None)
+    out = []
+    for run, (path, stall) in list(watched.items()):
+        now = state(path, stall)
+        if now:
+            del watched[run]
+            out.append(now + " " + run)
+    if time.monotonic() - said >= keepalive:
+        out.append("ALIVE")
+    if out:
+        sys.stdout.write("\\n".join(out) + "\\n")
+        sys.stdout.flush()
+        said = time.monotonic()
+"""
+
+
+def watch_script(python: str = "python3", tick_s: float = 0.25, keepalive_s: float = 5.0) -> str:
+    """The remote command of a node's watcher (see ``WATCHER``): one per node, not per spec.
+
+    It lets the controller wait for every job on a node with one SSH session instead of
+    one waiting worker process and session per job. Its lines are read by ``specfleet.watch``.
+    """
+    return f"{shlex.quote(python)} -c {shlex.quote(WATCHER)} {float(tick_s):g} {float(keepalive_s):g}\n"
 
 
 def _signal_script(run: str, marker: str, reason: str, grace_s: int, wake: bool) -> str:
