@@ -194,7 +194,10 @@ class StrategyModule(FreeStrategy):
             # Nothing of ours runs in a worker: wait for a watcher's report or slots freed elsewhere.
             self._idle(engine.poll)
             changed = False
-        if not step.start and not changed:
+        # Pause only when every spec handed to the free loop is busy in a step: a spec whose
+        # next step is ready (a wait that just returned, say) must not wait for the pause.
+        if not step.start and not changed and all(self._blocked_hosts.get(host.name, False)
+                                                  for host in self._running.values() if host.name not in self._parked):
             self._idle(IDLE_WAIT)
         self._grow_workers()
         return [host for host in self._running.values() if host.name not in self._parked]

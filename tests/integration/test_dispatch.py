@@ -73,8 +73,8 @@ class Fleet:
                 "-e", f"specfleet_specs_root={self.root / 'specs'}",
                 "-e", json.dumps({"specfleet_job_command": job, "specfleet_node_grace": self.grace})]
 
-    def dispatch(self, project: str, timeout: int = 600) -> subprocess.CompletedProcess:
-        return subprocess.run(self.command(project, "dispatch.yml"), cwd=REPO_ROOT, env=self.controller.env,
+    def dispatch(self, project: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+        return subprocess.run(self.command(project, "dispatch.yml", *args), cwd=REPO_ROOT, env=self.controller.env,
                               capture_output=True, text=True, timeout=timeout, check=False)
 
     def start(self, project: str, playbook: str = "dispatch.yml", *args: str) -> subprocess.Popen:
@@ -165,6 +165,22 @@ def test_a_random_dag_runs_within_slots_locks_and_order(fleet):
     counts = recap(run.stdout)
     assert all(counts[t]["failed"] == 0 and counts[t]["ok"] == 2 for t in specs)
     assert "dag: 36 specs in this run: 36 completed" in run.stdout
+
+
+@pytest.mark.parametrize("watch", [True, False], ids=["node-watchers", "worker-waits"])
+def test_running_specs_wait_on_node_watchers_or_in_workers_with_the_same_outcome(fleet, watch):
+    specs, durations = random_project(seed=11, count=12, prefix="W")
+    fleet.project("watch", specs)
+    fleet.durations({task: seconds + 1.0 for task, seconds in durations.items()})  # long enough to be parked
+    run = fleet.dispatch("watch", "-vv", "-e", f"specfleet_node_watch={str(watch).lower()}")
+    assert run.returncode == 0, run.stdout[-4000:]
+    check_log(fleet.log(), specs, "watch")
+    assert fleet.states("watch") == {t: "completed" for t in specs}
+    parked, in_workers = map(int, re.search(r"specfleet_dag: (\d+) waits parked on node watchers, (\d+) left to "
+                                            r"workers", run.stdout).groups())
+    # Every spec's wait was parked on its node's watcher, or (watchers off) every one waited in a worker.
+    assert (parked, in_workers) == ((len(specs), 0) if watch else (0, len(specs)))
+    assert all(counts["failed"] == 0 and counts["ok"] == 2 for t, counts in recap(run.stdout).items() if t in specs)
 
 
 def test_failure_blocks_descendants_retries_and_sets_the_exit_status(fleet):
