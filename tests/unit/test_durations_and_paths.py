@@ -1,9 +1,11 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from specfleet.durations import format_duration, parse_duration
-from specfleet.paths import covers, normalise_modifies, paths_overlap
+from specfleet.paths import LockIndex, covers, normalise_modifies, paths_overlap
 
 
 @pytest.mark.parametrize(("text", "seconds"), [
@@ -62,3 +64,21 @@ def test_overlap_is_exact_for_files_and_conservative_for_patterns(first, second,
 def test_directory_entries_cover_everything_below():
     assert covers("src/", "src/deep/er/file.py")
     assert not covers("src/", "srcfile.py")
+
+
+POOL = ["src/app.py", "src/util.py", "src/lib/", "src/lib/core.py", "src/*.py", "docs/*.md", "docs/guide.md",
+        "README.md", "tests/", "tests/test_app.py", "src/**/core.py", "pkg/a.py", "pkg/b.py", "pkg/[ab].py"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(POOL), st.integers(0, 5)), max_size=25),
+       st.sets(st.integers(0, 5), max_size=3), st.sampled_from(POOL), st.integers(0, 5))
+def test_the_lock_index_finds_the_same_first_overlap_as_a_scan_in_order(entries, dropped, query, skip):
+    index = LockIndex()
+    for path, owner in entries:
+        index.add(path, owner)
+    for owner in dropped:
+        index.drop(owner)
+    scan = next(((path, owner) for path, owner in entries
+                 if owner not in dropped and owner != skip and paths_overlap(query, path)), None)
+    assert index.first(query, skip=skip) == scan

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 
 from .fleet import DEPENDENCY_MERGED, NodeInfo, choose_node, ordered, ready_and_doomed
 from .graph import SpecGraph
-from .paths import paths_overlap
+from .paths import LockIndex
 from .states import SpecState
 from .store import Store, StoreError, _event, now
 
@@ -300,13 +300,13 @@ class LeaseBook:
             for lease in occupied:
                 used[lease["node"]] = used.get(lease["node"], 0) + 1
                 taken.setdefault(lease["node"], set()).add(lease["slot"])
-            held = [(r["path"], r["task_id"], r["project"])
-                    for r in db.execute("SELECT path, task_id, project FROM path_locks WHERE repository = ?",
-                                        (repository,))]
+            held = LockIndex()  # locks held, and those this pass grants: owner (task id, project)
+            for r in db.execute("SELECT path, task_id, project FROM path_locks WHERE repository = ?", (repository,)):
+                held.add(r["path"], (r["task_id"], r["project"]))
             leftovers: dict[str, list] = {}
             for row in db.execute("SELECT * FROM leftovers WHERE project = ? ORDER BY attempt_id DESC", (project,)):
                 leftovers.setdefault(row["task_id"], []).append(row)
-            reserved: list[tuple[str, str]] = []
+            reserved = LockIndex()  # paths of ready specs held back by a lock: owner task id
             unavailable = self._unavailable(db, stamp)
             for task_id in ready:
                 if limit is not None and len(result.granted) >= limit:
@@ -314,11 +314,11 @@ class LeaseBook:
                     continue
                 row = rows[task_id]
                 modifies = json.loads(row["modifies_json"])
-                others = [h for h in held if (h[1], h[2]) != (task_id, project)]
-                conflict = _first_conflict(modifies, others, reserved)
+                conflict = _first_conflict(modifies, held, reserved, (task_id, project))
                 if conflict:
                     result.waiting[task_id] = conflict
-                    reserved += [(p, task_id) for p in modifies]
+                    for path in modifies:
+                        reserved.add(path, task_id)
                     continue
                 adoptable = [x for x in leftovers.get(task_id, []) if x["node"] not in unavailable]
                 if adoptable:
@@ -344,7 +344,9 @@ class LeaseBook:
                     grant = self._start(db, row, node.name, slot, repository, modifies, stamp)
                     used[node.name] = used.get(node.name, 0) + 1
                     taken.setdefault(node.name, set()).add(slot)
-                held = others + [(p, task_id, project) for p in modifies]
+                held.drop((task_id, project))
+                for path in modifies:
+                    held.add(path, (task_id, project))
                 result.granted.append(grant)
             if _dry_run:
                 raise _Rollback(result)
@@ -624,12 +626,13 @@ def _marks(values: Collection) -> str:
     return ",".join("?" * len(values)) or "NULL"
 
 
-def _first_conflict(modifies: list[str], held: list[tuple[str, str, str]], reserved: list[tuple[str, str]]) -> str | None:
+def _first_conflict(modifies: list[str], held: LockIndex, reserved: LockIndex, me: tuple[str, str]) -> str | None:
     for mine in modifies:
-        for path, owner, project in held:
-            if paths_overlap(mine, path):
-                return f"lock on {path} held by {owner}" + (f" ({project})" if project else "")
-        for path, owner in reserved:
-            if paths_overlap(mine, path):
-                return f"waits behind {owner}, which needs {path}"
+        hit = held.first(mine, skip=me)
+        if hit:
+            path, (owner, project) = hit
+            return f"lock on {path} held by {owner}" + (f" ({project})" if project else "")
+        hit = reserved.first(mine)
+        if hit:
+            return f"waits behind {hit[1]}, which needs {hit[0]}"
     return None

@@ -69,6 +69,7 @@ def normalise_modifies(raw: object) -> str:
     return path + "/" if is_dir else path
 
 
+@lru_cache(maxsize=65536)
 def is_glob(path: str) -> bool:
     return any(c in GLOB_CHARS for c in path)
 
@@ -145,3 +146,45 @@ def paths_overlap(first: str, second: str) -> bool:
 def sets_overlap(first: list[str] | tuple[str, ...], second: list[str] | tuple[str, ...]) -> list[tuple[str, str]]:
     """Every overlapping pair between two ``modifies`` lists, for messages."""
     return [(a, b) for a in first for b in second if paths_overlap(a, b)]
+
+
+class LockIndex:
+    """``modifies`` entries with their owners, for "which entry overlaps this path first?" at scale.
+
+    A scheduling pass asks this for every ready spec against every lock held or reserved:
+    at 1,000 specs and 140 running that was millions of :func:`paths_overlap` calls a pass.
+    Concrete file paths (the usual entry) are found by a dictionary lookup; only
+    directories and globs are scanned. The answer is the overlapping entry added first,
+    exactly as a scan of the entries in order would find.
+    """
+
+    def __init__(self) -> None:
+        self._entries: list[tuple[str, object]] = []   # in the order added
+        self._exact: dict[str, list[int]] = {}         # concrete path -> entry numbers
+        self._wide: list[int] = []                     # entry numbers of directories and globs
+        self._dead: set[int] = set()
+
+    def add(self, path: str, owner: object) -> None:
+        number = len(self._entries)
+        self._entries.append((path, owner))
+        if path.endswith("/") or is_glob(path):
+            self._wide.append(number)
+        else:
+            self._exact.setdefault(path, []).append(number)
+
+    def drop(self, owner: object) -> None:
+        """Forget every entry of ``owner``."""
+        self._dead.update(n for n, (_path, who) in enumerate(self._entries) if who == owner)
+
+    def first(self, path: str, skip: object = None) -> tuple[str, object] | None:
+        """The first live entry, not owned by ``skip``, that overlaps ``path``; None if there is none."""
+        if path.endswith("/") or is_glob(path):
+            candidates = range(len(self._entries))  # a directory or glob may overlap anything
+        else:
+            exact = self._exact.get(path, [])
+            candidates = sorted(exact + self._wide) if exact and self._wide else exact or self._wide
+        for number in candidates:
+            entry, owner = self._entries[number]
+            if number not in self._dead and owner != skip and paths_overlap(path, entry):
+                return entry, owner
+        return None
