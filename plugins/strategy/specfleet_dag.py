@@ -250,12 +250,18 @@ class StrategyModule(FreeStrategy):
             return None
         if watch and not watch.broken():
             return watch
+        if time.monotonic() - self._watch_failed.get(node, float("-inf")) < WATCH_RETRY_S:
+            return None
         if watch:
-            if time.monotonic() - self._watch_failed.get(node, 0) < WATCH_RETRY_S:
-                return None
             watch.close()
         argv = self._watch_argv(node)
-        self._watches[node] = NodeWatch(node, argv, self._watch_events, self._wake) if argv else None
+        try:
+            self._watches[node] = NodeWatch(node, argv, self._watch_events, self._wake) if argv else None
+        except OSError as exc:  # e.g. the ssh executable cannot be run: try again later
+            display.warning(f"{node}: cannot start a node watcher ({exc}); its specs wait in workers")
+            self._watches.pop(node, None)
+            self._watch_failed[node] = time.monotonic()
+            return None
         return self._watches[node]
 
     def _watch_argv(self, node: str) -> list | None:

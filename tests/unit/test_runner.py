@@ -176,23 +176,45 @@ def test_bundle_sends_only_what_the_mirror_lacks(tmp_path, repo):
     assert probe.returncode == 0 and not attached and tips == [] and home
     start = workspace.resolve_start(str(repo), False, "p", "main", [])
     refs = workspace.bundle_for_node(str(repo), start, tips, tmp_path / "b1.bundle")
-    assert refs == ["refs/heads/main"]
+    pin = f"refs/specfleet/start/{start.base}"  # the start commit's own ref (see the next test)
+    assert refs == ["refs/heads/main", pin]
     fetched = subprocess.run(["sh", "-c", workspace.mirror_fetch_script(mirror, str(tmp_path / "b1.bundle"), refs)])
     assert fetched.returncode == 0 and not (tmp_path / "b1.bundle").exists()
     _h, _a, tips = workspace.parse_probe(subprocess.run(["sh", "-c", workspace.mirror_probe_script(mirror, run)],
                                                         capture_output=True, text=True).stdout)
-    assert tips == [start.base]
+    assert tips == [start.base, start.base]
     assert workspace.bundle_for_node(str(repo), start, tips, tmp_path / "b2.bundle") == []
     (repo / "app.py").write_text("X = 9\n")
     git(repo, "commit", "-qam", "more")
     start = workspace.resolve_start(str(repo), False, "p", "main", [])
-    assert workspace.bundle_for_node(str(repo), start, tips, tmp_path / "b3.bundle") == ["refs/heads/main"]
+    assert workspace.bundle_for_node(str(repo), start, tips, tmp_path / "b3.bundle") == [
+        "refs/heads/main", f"refs/specfleet/start/{start.base}"]
     listed = git(repo, "bundle", "list-heads", str(tmp_path / "b3.bundle"))
     verify = subprocess.run(["git", "bundle", "verify", str(tmp_path / "b3.bundle")], cwd=mirror, capture_output=True)
     assert start.base in listed and verify.returncode == 0      # thin: it needs what the mirror has
     Path(run, "wrapper_pid").write_text("1\n")
     assert workspace.parse_probe(subprocess.run(["sh", "-c", workspace.mirror_probe_script(mirror, run)],
                                                 capture_output=True, text=True).stdout)[1] is True
+
+
+def test_the_bundle_carries_the_start_commit_even_if_its_branch_moved_away(tmp_path, repo):
+    # The merge queue rebuilds the integration branch while a start is being prepared: the
+    # branch no longer contains the start commit when the bundle is written. The node must
+    # still get that commit (it once failed with "reference is not a tree").
+    start = workspace.resolve_start(str(repo), False, "p", "main", [])
+    git(repo, "checkout", "-q", "--orphan", "rebuilt")
+    (repo / "other.py").write_text("Y = 1\n")
+    git(repo, "add", "other.py")
+    git(repo, "commit", "-qm", "unrelated history")
+    git(repo, "branch", "-f", "main", "rebuilt")
+    bundle = tmp_path / "moved.bundle"
+    refs = workspace.bundle_for_node(str(repo), start, [], bundle)
+    mirror = tmp_path / "mirror.git"
+    git(tmp_path, "init", "-q", "--bare", str(mirror))
+    fetched = subprocess.run(["sh", "-c", workspace.mirror_fetch_script(str(mirror), str(bundle), refs)])
+    assert fetched.returncode == 0
+    assert git(mirror, "cat-file", "-t", start.base).strip() == "commit"
+    assert git(repo, "for-each-ref", "refs/specfleet/").strip() == ""  # nothing left in the user's repository
 
 
 def test_concurrent_first_starts_on_a_node_never_read_a_half_made_mirror(tmp_path):

@@ -122,8 +122,17 @@ def bundle_for_node(repository: str, start: Start, node_tips: list[str], dest: P
         return []
     known = [sha for sha in node_tips if subprocess.run(["git", "-C", repository, "cat-file", "-e", f"{sha}^{{commit}}"],
                                                         capture_output=True).returncode == 0]
-    result = subprocess.run(["git", "-C", repository, "bundle", "create", "-q", str(dest), *start.refs,
-                             *[f"^{sha}" for sha in known]], capture_output=True, text=True)
+    # A bundle is made of refs, read when it is written; the merge queue may move the start
+    # ref (the integration branch) in the meantime, even to a commit that does not contain
+    # the start. A ref of its own, pointing at the start commit, puts that commit in the
+    # bundle whatever happens to the branch; it is removed here once the bundle is written.
+    pin = f"refs/specfleet/start/{start.base}"
+    git(repository, "update-ref", pin, start.base)
+    try:
+        result = subprocess.run(["git", "-C", repository, "bundle", "create", "-q", str(dest), *start.refs, pin,
+                                 *[f"^{sha}" for sha in known]], capture_output=True, text=True)
+    finally:
+        git(repository, "update-ref", "-d", pin)
     if result.returncode != 0:
         if "empty bundle" in result.stderr:
             return []
