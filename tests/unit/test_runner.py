@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -176,8 +177,8 @@ def test_bundle_sends_only_what_the_mirror_lacks(tmp_path, repo):
     assert probe.returncode == 0 and not attached and tips == [] and home
     start = workspace.resolve_start(str(repo), False, "p", "main", [])
     refs = workspace.bundle_for_node(str(repo), start, tips, tmp_path / "b1.bundle")
-    pin = f"refs/specfleet/start/{start.base}"  # the start commit's own ref (see the next test)
-    assert refs == ["refs/heads/main", pin]
+    # The start commit also travels under a ref of its own (see the next test), unique per bundle.
+    assert refs[0] == "refs/heads/main" and refs[1].startswith(f"refs/specfleet/start/{start.base}/") and len(refs) == 2
     fetched = subprocess.run(["sh", "-c", workspace.mirror_fetch_script(mirror, str(tmp_path / "b1.bundle"), refs)])
     assert fetched.returncode == 0 and not (tmp_path / "b1.bundle").exists()
     _h, _a, tips = workspace.parse_probe(subprocess.run(["sh", "-c", workspace.mirror_probe_script(mirror, run)],
@@ -187,8 +188,8 @@ def test_bundle_sends_only_what_the_mirror_lacks(tmp_path, repo):
     (repo / "app.py").write_text("X = 9\n")
     git(repo, "commit", "-qam", "more")
     start = workspace.resolve_start(str(repo), False, "p", "main", [])
-    assert workspace.bundle_for_node(str(repo), start, tips, tmp_path / "b3.bundle") == [
-        "refs/heads/main", f"refs/specfleet/start/{start.base}"]
+    refs = workspace.bundle_for_node(str(repo), start, tips, tmp_path / "b3.bundle")
+    assert refs[0] == "refs/heads/main" and refs[1].startswith(f"refs/specfleet/start/{start.base}/") and len(refs) == 2
     listed = git(repo, "bundle", "list-heads", str(tmp_path / "b3.bundle"))
     verify = subprocess.run(["git", "bundle", "verify", str(tmp_path / "b3.bundle")], cwd=mirror, capture_output=True)
     assert start.base in listed and verify.returncode == 0      # thin: it needs what the mirror has
@@ -215,6 +216,17 @@ def test_the_bundle_carries_the_start_commit_even_if_its_branch_moved_away(tmp_p
     assert fetched.returncode == 0
     assert git(mirror, "cat-file", "-t", start.base).strip() == "commit"
     assert git(repo, "for-each-ref", "refs/specfleet/").strip() == ""  # nothing left in the user's repository
+
+
+def test_starts_bundling_the_same_commit_at_once_do_not_trip_over_each_other(tmp_path, repo):
+    # Several workers start specs from the same integration tip at the same moment.
+    start = workspace.resolve_start(str(repo), False, "p", "main", [])
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(lambda i: workspace.bundle_for_node(str(repo), start, [], tmp_path / f"c{i}.bundle"),
+                                range(16)))
+    assert all(refs[0] == "refs/heads/main" and len(refs) == 2 for refs in results)
+    assert len({refs[1] for refs in results}) == 16
+    assert git(repo, "for-each-ref", "refs/specfleet/").strip() == ""
 
 
 def test_concurrent_first_starts_on_a_node_never_read_a_half_made_mirror(tmp_path):

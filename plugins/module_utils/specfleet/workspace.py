@@ -21,6 +21,7 @@ import os
 import shlex
 import subprocess
 import tempfile
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,7 +127,8 @@ def bundle_for_node(repository: str, start: Start, node_tips: list[str], dest: P
     # ref (the integration branch) in the meantime, even to a commit that does not contain
     # the start. A ref of its own, pointing at the start commit, puts that commit in the
     # bundle whatever happens to the branch; it is removed here once the bundle is written.
-    pin = f"refs/specfleet/start/{start.base}"
+    # Its name is unique: several workers may bundle the same start commit at once.
+    pin = f"refs/specfleet/start/{start.base}/{uuid.uuid4().hex[:16]}"
     git(repository, "update-ref", pin, start.base)
     try:
         result = subprocess.run(["git", "-C", repository, "bundle", "create", "-q", str(dest), *start.refs, pin,
