@@ -402,7 +402,6 @@ class StrategyModule(FreeStrategy):
     def _reset(self, iterator, host, ending) -> None:
         """Make a requeued spec host start its pipeline from the top on its next grant."""
         name = host.name
-        self._forget_job(name)
         iterator.set_state_for_host(name, HostState(blocks=iterator._blocks))
         self._tqm._unreachable_hosts.pop(name, None)
         self._tqm._failed_hosts.pop(name, None)

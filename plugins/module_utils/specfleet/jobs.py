@@ -195,31 +195,32 @@ def heartbeat_age_of(run):
 def stalled_at(run, stall):
     age = heartbeat_age_of(run)
     return stall > 0 and age is not None and age > stall and not os.path.exists(os.path.join(run, "stalled"))
+def job_state(run, stall):
+    # finished, lost, stalled or missing; None while the job runs.
+    if os.path.exists(os.path.join(run, "exit_code")):
+        return "finished"
+    pid = read_in(run, "wrapper_pid")
+    if not pid.isdigit():
+        return "missing"
+    if not alive(int(pid)):
+        return "finished" if os.path.exists(os.path.join(run, "exit_code")) else "lost"
+    return "stalled" if stalled_at(run, stall) else None
 """
 
 WAITER = _NODE_HELPERS + """\
 run, segment, stall = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
 def read(name):
     return read_in(run, name)
-def heartbeat_age():
-    return heartbeat_age_of(run)
-def stalled():
-    return stalled_at(run, stall)
-pid = read("wrapper_pid")
-if not pid.isdigit():
+deadline = time.monotonic() + segment
+status = job_state(run, stall)
+while status is None and time.monotonic() < deadline:
+    time.sleep(0.2)
+    status = job_state(run, stall)
+if status == "missing":
     print("STATUS=missing")
     sys.exit(0)
-deadline = time.monotonic() + segment
-while (not os.path.exists(os.path.join(run, "exit_code")) and alive(int(pid)) and not stalled()
-       and time.monotonic() < deadline):
-    time.sleep(0.2)
-if os.path.exists(os.path.join(run, "exit_code")):
-    status = "finished"
-elif not alive(int(pid)):
-    status = "lost"
-else:
-    status = "stalled" if stalled() else "running"
-age = heartbeat_age()
+status = status or "running"
+age = heartbeat_age_of(run)
 print("STATUS=" + status)
 print("HEARTBEAT_AGE=" + ("" if age is None else "%.1f" % age))
 print("STALLED=" + " ".join(read("stalled").split()))
@@ -255,15 +256,6 @@ WATCHER = _NODE_HELPERS + """\
 # longer running (finished, lost, stalled, missing), and "ALIVE" every few seconds. Ends
 # when stdin closes, i.e. when the controller or its SSH session goes away.
 import select
-def state(run, stall):
-    if os.path.exists(os.path.join(run, "exit_code")):
-        return "finished"
-    pid = read_in(run, "wrapper_pid")
-    if not pid.isdigit():
-        return "missing"
-    if not alive(int(pid)):
-        return "finished" if os.path.exists(os.path.join(run, "exit_code")) else "lost"
-    return "stalled" if stalled_at(run, stall) else None
 tick, keepalive = float(sys.argv[1]), float(sys.argv[2])
 watched, pending, said = {}, b"", time.monotonic()
 print("READY", flush=True)
@@ -283,7 +275,7 @@ while True:
                 watched.pop(rest, None)
     out = []
     for run, (path, stall) in list(watched.items()):
-        now = state(path, stall)
+        now = job_state(path, stall)
         if now:
             del watched[run]
             out.append(now + " " + run)
