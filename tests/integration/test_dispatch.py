@@ -247,7 +247,9 @@ def test_three_projects_at_once_share_the_slots_and_a_second_run_of_one_is_refus
 def test_drain_finishes_running_specs_and_starts_nothing_more(fleet):
     specs = {f"D{i}": {"modifies": [f"d/{i}.py"]} for i in range(12)}
     fleet.project("drain", specs)
-    fleet.durations({t: 2.0 for t in specs})
+    # Long enough that stop.yml (an ansible-playbook start-up, seconds on a loaded machine)
+    # records the drain before the first wave of 7 ends and frees slots for the rest.
+    fleet.durations({t: 8.0 for t in specs})
     process = fleet.start("drain")
     fleet.wait_for_starts(2, process)
     stop = subprocess.run(fleet.command("drain", "playbooks/stop.yml"), cwd=REPO_ROOT, env=fleet.controller.env,
