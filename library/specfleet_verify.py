@@ -36,6 +36,12 @@ options:
   specs_root:
     description: As for M(specfleet_validate).
     type: path
+  preflight:
+    description:
+      - Only check that the project's commands can run where they would (on the controller, that
+        its sandbox works; see C(specfleet_unsafe_controller_verify)); verify nothing.
+    type: bool
+    default: false
 attributes:
   check_mode:
     support: full
@@ -63,4 +69,8 @@ checks:
   description: Per spec, every check with its result and output tail.
   returned: success
   type: dict
+where:
+  description: With O(preflight), where the commands would run (C(controller) or the node's name).
+  returned: preflight
+  type: str
 """

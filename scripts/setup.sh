@@ -12,8 +12,9 @@ dev=0
 sudo=""
 [ "$(id -u)" -ne 0 ] && sudo="sudo"
 # python3-pytest: the local worker nodes are this machine, and the example's verify runs pytest there.
+# bubblewrap: the controller runs verify and the project's tests (code agents wrote) in its sandbox.
 # cron, logrotate: the scheduling role (playbooks/schedule.yml) writes cron entries and a logrotate config.
-packages=(git openssh-client openssh-server python3 python3-venv python3-pytest sqlite3 cron logrotate)
+packages=(git openssh-client openssh-server python3 python3-venv python3-pytest sqlite3 cron logrotate bubblewrap)
 # --dev: the report's browser test renders the HTML in headless Chromium.
 [ "$dev" -eq 1 ] && packages+=(chromium fonts-dejavu-core)
 missing=()

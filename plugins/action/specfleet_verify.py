@@ -23,12 +23,16 @@ class ActionModule(LandingAction):
         "tasks": {"type": "list", "elements": "str", "default": []},
         "run_id": {"type": "str"},
         "specs_root": {"type": "path"},
+        "preflight": {"type": "bool", "default": False},
         **DB_OPTION,
     }
 
     def act(self, result, args, task_vars, db):
         config = self.project_config(args, task_vars)
         where = self.where(task_vars, config.name)
+        if args["preflight"]:
+            return dict(result, changed=False, where=where.name, msg=f"{config.name}: the project's commands can run "
+                        f"on {where.name}" + (" (sandboxed)" if getattr(where, "sandboxed", False) else ""))
         endpoint = None
         if config.review != "off":
             try:

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from ansible.module_utils.parsing.convert_bool import boolean
 from ansible.plugins.action import ActionBase
+from ansible.utils.display import Display
 
 from specfleet import controller
 from specfleet.store import StoreError
@@ -78,7 +80,13 @@ class LandingAction(ControllerAction):
         from specfleet.landing import OnController, OnNode
         node = task_vars.get("specfleet_verify_on")
         if not node:
-            return OnController()
+            unsafe = boolean(self._templar.template(task_vars.get("specfleet_unsafe_controller_verify", False)),
+                             strict=False)
+            if unsafe:
+                Display().warning("specfleet_unsafe_controller_verify is set: code from agents' branches (verify, "
+                                  "tests) runs on this controller UNSANDBOXED, as this user, with its files and "
+                                  "network")
+            return OnController(sandboxed=not unsafe)
         node = str(self._templar.template(node))
         nodes = (task_vars.get("groups") or {}).get("specfleet_nodes") or []
         if node not in nodes:

@@ -46,7 +46,10 @@ from .durations import parse_duration
 from .graph import SpecGraph
 from .jobs import shell_path
 from .project import ProjectConfig
-from .runner import added_lines, kill_group, parse_name_status, run_gates, tail
+from .runner import added_lines, parse_name_status, run_gates, tail
+from .sandbox import Bounds, CommandResult, SandboxUnavailable
+from .sandbox import check as check_sandbox
+from .sandbox import run as run_sandboxed
 from .settings import specfleet_home
 from .states import SpecState
 from .store import Store, StoreError, _event, now
@@ -68,43 +71,6 @@ OUTPUT_TAIL = 4000
 
 class LandingError(StoreError):
     """The stage cannot do its work (repository missing, branch moved, dirty checkout...)."""
-
-
-# -- running commands ---------------------------------------------------------------------------
-
-@dataclass
-class CommandResult:
-    ok: bool
-    rc: int | None
-    output: str
-    seconds: float
-
-    @property
-    def summary(self) -> str:
-        return "passed" if self.ok else ("timed out" if self.rc is None else f"exited {self.rc}")
-
-
-# The only variables a project's commands see on the controller: they run code an agent
-# wrote, so the controller's secrets (API keys, vault passwords, tokens) stay out of reach.
-PASSED_ENV = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "TERM", "TZ")
-
-
-def run_command(command: str, cwd: Path, timeout: float) -> CommandResult:
-    """``bash -c command`` in ``cwd`` in its own process group; the whole group dies on timeout."""
-    started = time.monotonic()
-    env = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
-    env["PYTHONDONTWRITEBYTECODE"] = "1"
-    process = subprocess.Popen(["bash", "-c", command], cwd=cwd, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-    try:
-        output, _ = process.communicate(timeout=timeout)
-        rc: int | None = process.returncode
-    except subprocess.TimeoutExpired:
-        kill_group(process.pid, grace=5)
-        output, _ = process.communicate()
-        rc = None
-    text = output.decode("utf-8", "replace")
-    return CommandResult(rc == 0, rc, text, time.monotonic() - started)
 
 
 # -- repositories ---------------------------------------------------------------------------------
@@ -233,13 +199,25 @@ def queue_lock(project: str, wait: float = 3600) -> Iterator[None]:
 # -- where the project's commands run -----------------------------------------------------------
 
 class OnController:
-    """Run the project's commands in the scratch clone on the controller (the default)."""
+    """Run the project's commands in the scratch clone on the controller (the default), sandboxed.
+
+    ``sandboxed=False`` is the operator's explicit opt-out (``specfleet_unsafe_controller_verify``):
+    the same cleared environment and bounds, but the controller user's files and network.
+    """
 
     name = "controller"
 
-    def run(self, work: Scratch, commit: str, command: str, timeout: float) -> CommandResult:
+    def __init__(self, sandboxed: bool = True):
+        self.sandboxed = sandboxed
+        if sandboxed:
+            try:
+                check_sandbox()
+            except SandboxUnavailable as exc:
+                raise LandingError(f"cannot run the project's tests on the controller: {exc}") from None
+
+    def run(self, work: Scratch, commit: str, command: str, timeout: float, network: bool = False) -> CommandResult:
         work.checkout(commit)
-        return run_command(command, work.path, timeout)
+        return run_sandboxed(command, work.path, Bounds(timeout), network=network, sandboxed=self.sandboxed)
 
 
 class OnNode:
@@ -267,7 +245,7 @@ class OnNode:
         except GitError as exc:
             raise LandingError(f"{self.name}: {commit[:12]}: {exc}") from None
 
-    def run(self, work: Scratch, commit: str, command: str, timeout: float) -> CommandResult:
+    def run(self, work: Scratch, commit: str, command: str, timeout: float, network: bool = False) -> CommandResult:
         started = time.monotonic()
         inbox = f"{self.inbox}/{commit[:12]}-{os.getpid()}"  # one per run: concurrent verifies never share it
         self._send(work, commit, inbox)
@@ -283,15 +261,18 @@ class OnNode:
 def node_test_script(mirror: str, commit: str, command: str, timeout: int, inbox: str) -> str:
     """A clean clone of ``commit`` from the node's mirror; run ``command`` there with a bare environment.
 
-    The clone and the (by then empty) ``inbox`` the bundle came through are removed at exit.
+    The command gets the bare environment the controller's sandbox gives (a throw-away HOME,
+    no variable of the login's but PATH, USER, LANG and TMPDIR, ``CI=1``). The clone, that
+    HOME and the (by then empty) ``inbox`` the bundle came through are removed at exit.
     """
-    keep = " ".join(f'{k}="${{{k}:-}}"' for k in ("PATH", "HOME", "USER", "LANG", "TMPDIR"))
+    keep = " ".join(f'{k}="${{{k}:-}}"' for k in ("PATH", "USER", "LANG", "TMPDIR"))
     return (f"i={shell_path(inbox)}\n"
             'd=$(mktemp -d "${TMPDIR:-/tmp}/specfleet-verify.XXXXXX") || exit 97\n'
-            'trap \'rm -rf "$d"; rmdir "$i" 2>/dev/null\' EXIT\n'
+            'trap \'rm -rf "$d" "$d.home"; rmdir "$i" 2>/dev/null\' EXIT\n'
+            'mkdir -m 0700 "$d.home" || exit 97\n'
             f'git clone -q --shared --no-checkout {shell_path(mirror)} "$d" >&2 && '
             f'git -C "$d" checkout -q --detach {commit} >&2 || exit 98\n'
-            f'cd "$d" && env -i {keep} PYTHONDONTWRITEBYTECODE=1 CI=1 timeout -k 10 {timeout} '
+            f'cd "$d" && env -i {keep} HOME="$d.home" PYTHONDONTWRITEBYTECODE=1 CI=1 timeout -k 10 {timeout} '
             f'bash -c {shlex.quote(command)} 2>&1\n')
 
 
@@ -363,7 +344,7 @@ def verify(store: Store, config: ProjectConfig, task_id: str, run_id: str | None
         work.checkout(commit)
         parent = work.git("rev-parse", f"{commit}^1").strip()
         if spec.verify:
-            result = where.run(work, commit, spec.verify, parse_duration(config.verify_timeout))
+            result = where.run(work, commit, spec.verify, parse_duration(config.verify_timeout), config.network)
             checks.append({"check": "verify", "ok": result.ok, "detail": f"{spec.verify}: {result.summary} on {where.name}",
                            "seconds": round(result.seconds, 2), "output": tail(result.output, 40, OUTPUT_TAIL)})
             verify_output = result.output
@@ -375,7 +356,8 @@ def verify(store: Store, config: ProjectConfig, task_id: str, run_id: str | None
                               config.require_tests):
             checks.append({"check": f"gate {gate['gate']}", "ok": gate["ok"], "detail": gate["detail"]})
         if config.test_command:
-            result = where.run(work, commit, config.test_command, parse_duration(config.test_timeout))
+            result = where.run(work, commit, config.test_command, parse_duration(config.test_timeout),
+                               config.network)
             checks.append({"check": "tests", "ok": result.ok,
                            "detail": f"{config.test_command}: {result.summary} on {where.name}",
                            "seconds": round(result.seconds, 2), "output": tail(result.output, 40, OUTPUT_TAIL)})
@@ -476,7 +458,8 @@ class MergeQueue:
             command = " && ".join(f"( {v} )" for v in dict.fromkeys(verifies))
         if not command:
             return True, "no test_command and no verify command: merged untested"
-        outcome = self.where.run(work, commit, command, parse_duration(self.config.test_timeout))
+        outcome = self.where.run(work, commit, command, parse_duration(self.config.test_timeout),
+                                     self.config.network)
         result.test_runs += 1
         return outcome.ok, tail(outcome.output, 40, OUTPUT_TAIL) if not outcome.ok else outcome.summary
 

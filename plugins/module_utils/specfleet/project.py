@@ -50,6 +50,7 @@ class ProjectConfig:
     push: str | None = None
     review: str = "off"
     test_timeout: Any = "30m"
+    network: bool = False
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -129,7 +130,7 @@ def load_project(folder: Path, name: str, display: str,
         verify_timeout=data.get("verify_timeout", "20m"), require_tests=data.get("require_tests", True),
         exclude=tuple(data.get("exclude", ())), merge_batch=data.get("merge_batch", 8),
         promote=data.get("promote", "review"), push=data.get("push"), review=data.get("review", "off"),
-        test_timeout=data.get("test_timeout", "30m"),
+        test_timeout=data.get("test_timeout", "30m"), network=data.get("network", False),
     )
     return config, problems
 
