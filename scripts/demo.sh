@@ -32,6 +32,14 @@ else
     echo "demo: no model key: executor 'replay' applies recorded agent sessions; NO MODEL RUNS"
 fi
 ansible-playbook dispatch.yml -e project=clawmarketing -e specfleet_executor=$executor
+# The demo worked only if every example spec merged (dispatch fails otherwise; this says it plainly).
+expected=$(find specs/clawmarketing -maxdepth 1 -name 'S[0-9]*.md' | wc -l)
+specfleet status clawmarketing --json | python3 -c '
+import json, sys
+counts = json.load(sys.stdin)["projects"]["clawmarketing"]
+merged, expected = counts.get("merged", 0), int(sys.argv[1])
+print(f"demo: {merged} of {expected} example specs merged")
+sys.exit(0 if merged == expected else 1)' "$expected"
 repo="$home/repos/clawmarketing"
 echo
 echo "Results: branches specfleet/clawmarketing/<task id> in $repo"
