@@ -11,7 +11,8 @@ dev=0
 
 sudo=""
 [ "$(id -u)" -ne 0 ] && sudo="sudo"
-# python3-pytest: the local worker nodes are this machine, and the example's verify runs pytest there.
+# python3-pytest: the example's verify runs the system python3's pytest, on the local worker nodes (this
+# machine) and in the controller's sandbox (never specfleet's venv).
 # bubblewrap: the controller runs verify and the project's tests (code agents wrote) in its sandbox.
 # cron, logrotate: the scheduling role (playbooks/schedule.yml) writes cron entries and a logrotate config.
 packages=(git openssh-client openssh-server python3 python3-venv python3-pytest sqlite3 cron logrotate bubblewrap)
