@@ -122,6 +122,11 @@ class Redactor:
             text = text.replace(value, "***")
         return text
 
+    def bytes(self, data: bytes) -> bytes:
+        for value in self.values:
+            data = data.replace(value.encode(), b"***")
+        return data
+
 
 @dataclass
 class Executor:
@@ -475,7 +480,29 @@ class Attempt:
         leaked = [f"{executor}:{name}" for executor, env in self.secrets.items() for name, value in env.items()
                   if len(value) >= 4 and value in patch]
         write_atomic(self.path("changes.patch"), self.redact(patch), 0o644)
+        if leaked:
+            self.scrub(changes)
         return changes, added, leaked
+
+    def scrub(self, changes: list[Change]) -> None:
+        """Replace secret values in the changed files with ``***`` and drop every git object that held them.
+
+        The secrets gate fails the round either way; this keeps the key out of the workspace,
+        which stays on the node for the next round and for inspection.
+        """
+        for change in changes:
+            path = os.path.join(self.workspace, change.path)
+            if os.path.islink(path) or not os.path.isfile(path):
+                continue
+            with open(path, "rb") as handle:
+                data = handle.read()
+            clean = self.redact.bytes(data)
+            if clean != data:
+                with open(path, "wb") as handle:
+                    handle.write(clean)
+        self.git("add", "-A")
+        self.git("reflog", "expire", "--expire=now", "--all")
+        self.git("prune", "--expire=now")
 
     # agent ----------------------------------------------------------------------------
 
