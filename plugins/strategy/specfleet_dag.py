@@ -112,6 +112,9 @@ class StrategyModule(FreeStrategy):
             result = super().run(iterator, play_context)
             status = "stopped" if self._dispatcher.stop else ("ok" if result == self._tqm.RUN_OK else "failed")
             return result
+        except KeyboardInterrupt:  # specfleet (or a person) interrupted ansible-playbook
+            status = "interrupted"
+            raise
         finally:
             for watch in self._watches.values():
                 if watch is not None:

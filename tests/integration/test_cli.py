@@ -20,8 +20,8 @@ def test_validate_bootstrap_and_health_run_their_playbooks_through_ansible_runne
     ok = specfleet(fleet, "validate", "clawmarketing")
     assert ok.returncode == 0, ok.stdout[-2000:] + ok.stderr[-2000:]
     assert "8 specs valid" in ok.stdout and "specfleet validate: successful (exit 0)" in ok.stderr
-    runs = sorted((fleet.home / "runner").iterdir())
-    assert runs and (runs[-1] / "artifacts").is_dir()  # ansible-runner's events and output are kept
+    runs = sorted((fleet.home / "runner" / "artifacts").iterdir())
+    assert runs and (runs[-1] / "job_events").is_dir()  # ansible-runner's events and output are kept
     missing = specfleet(fleet, "validate", "nosuch")
     assert missing.returncode == 2 and "nosuch" in missing.stdout
     boot = specfleet(fleet, "bootstrap", "node-2")
@@ -35,6 +35,9 @@ def test_bad_arguments_exit_2_before_any_playbook(fleet):
     assert specfleet(fleet, "review", "clawmarketing", "--reject", "S03").returncode == 2
     assert specfleet(fleet, "plan", "clawmarketing").returncode == 2
     assert specfleet(fleet, "start").returncode == 2  # argparse: the project is required
+    secret = specfleet(fleet, "start", "clawmarketing", "-e", "vault_anthropic_api_key=sk-1234567890")
+    assert secret.returncode == 2 and "environment" in secret.stderr and "sk-1234567890" not in secret.stderr
+    assert not (fleet.home / "runner").exists()
 
 
 def test_start_dispatches_with_live_progress_and_status_is_empty_after(cluster, fleet):

@@ -1,6 +1,7 @@
 """What cleanup may delete on a node: listing with the real sh, decisions against real rows."""
 from __future__ import annotations
 
+import os
 import subprocess
 
 import pytest
@@ -67,3 +68,17 @@ def test_only_ended_known_unheld_old_attempts_whose_work_exists_elsewhere_may_go
 def test_paths_are_built_from_checked_components_only():
     with pytest.raises(jobs.JobError, match="cannot be used in a path"):
         jobs.run_dir("/w", "demo", "../../etc", 1, "r")
+
+
+def test_runner_directories_unused_for_the_age_are_stale_in_both_layouts(tmp_path):
+    names = {"artifacts/20260101-000000-start-1": 5000, "artifacts/20260101-000000-start-2": 100,
+             "20251231-000000-validate-3": 9000, "artifacts/not-a-run": 9000, "env": 9000}
+    for name, age in names.items():
+        (tmp_path / name).mkdir(parents=True, exist_ok=True)
+        os.utime(tmp_path / name, (10_000 - age,) * 2)
+    (tmp_path / "20251231-000000-cleanup-4").write_text("a file, not a run")
+    os.utime(tmp_path / "artifacts", (0, 0))
+    stale = cleanup.stale_runner_dirs(tmp_path, 3600, 10_000)
+    assert [p.relative_to(tmp_path).as_posix() for p in stale] == ["20251231-000000-validate-3",
+                                                                   "artifacts/20260101-000000-start-1"]
+    assert cleanup.stale_runner_dirs(tmp_path / "nowhere", 0, 10_000) == []

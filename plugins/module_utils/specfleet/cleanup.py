@@ -18,6 +18,10 @@ keeps an attempt's pair unless every one of these holds:
 
 So a failure path never deletes the only copy of work (the lesson of Bernstein #2792):
 an attempt whose result was never brought back stays until a person looks at it.
+
+On the controller, :func:`stale_runner_dirs` picks the ``specfleet`` command's
+ansible-runner directories (events and output of past runs, nothing else) that nobody has
+touched for the age asked for.
 """
 from __future__ import annotations
 
@@ -31,6 +35,7 @@ from .jobs import JOB_STATE, _project_path, component, shell_path
 from .project import RepositoryError, run_git
 
 NAME = re.compile(r"^(\d+)-(.+)$")
+RUNNER_RUN = re.compile(r"^\d{8}-\d{6}-[a-z]+-\d+$")  # <date>-<time>-<command>-<pid>, as the CLI names runs
 
 LISTER = """\
 cd {root} 2>/dev/null || {{ echo NOW=$(date +%s); exit 0; }}
@@ -135,3 +140,25 @@ def committed_here(repository: str, commit: str) -> bool:
     except RepositoryError:
         return False
     return True
+
+
+def stale_runner_dirs(root: Path, older_than: float, now: float) -> list[Path]:
+    """Run directories under ``root`` (``$SPECFLEET_HOME/runner``) untouched for ``older_than`` seconds.
+
+    ``artifacts/<run>`` holds one run each (ansible-runner rotates them as well; a live run
+    touches its own every second, so it never looks old). ``<run>`` directories beside it
+    are whole runs of the layout before, one private data directory per run.
+    """
+    found = []
+    for parent in (root / "artifacts", root):
+        if not parent.is_dir():
+            continue
+        for path in parent.iterdir():
+            if not RUNNER_RUN.match(path.name) or path.is_symlink() or not path.is_dir():
+                continue
+            try:
+                if now - path.stat().st_mtime >= older_than:
+                    found.append(path)
+            except FileNotFoundError:  # rotated away meanwhile
+                continue
+    return sorted(found)

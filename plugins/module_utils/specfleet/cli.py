@@ -19,14 +19,19 @@ Exit codes of ``status``, ``report`` and of arguments refused before any playboo
 Acting commands exit with ansible-playbook's own status: 0 every task succeeded; 2 a task
 failed (an invalid spec, a spec that did not merge, an unhealthy node with
 ``specfleet_health_fail``...); 4 a node was unreachable; 5 bad options; 250 an unexpected
-error. The output says which.
+error. The output says which. Interrupted by SIGINT, SIGTERM or SIGHUP, an acting command
+stops ansible-playbook and every process under it, closes the run it had open as
+``interrupted`` and exits 128 + the signal's number (130, 143, 129), as a shell would
+(:class:`specfleet.playbook.Interrupt`).
+
+ansible-runner keeps each run's events and output in ``$SPECFLEET_HOME/runner/artifacts/``,
+the last RUNNER_KEEP runs; ``specfleet cleanup`` deletes those older than its age. Nothing
+there holds the value of a secret variable (:func:`specfleet.playbook.run`).
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import shlex
 import shutil
 import sqlite3
 import sys
@@ -35,7 +40,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from . import cleanup, playbook
 from .controller import REPO_ROOT, resolve_db
+from .durations import format_duration, parse_duration
 from .fleet import NodeInfo
 from .leases import LeaseBook
 from .settings import specfleet_home
@@ -169,10 +176,15 @@ def render_status(data: dict[str, Any]) -> str:
 
 def _extravars(args: argparse.Namespace) -> dict[str, Any]:
     extra: dict[str, Any] = {}
+    declared = playbook.declared_secret_names()
     for item in args.extra or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise SystemExit(_usage(f"-e {item!r}: write KEY=VALUE"))
+        if playbook.is_secret(key, declared):
+            raise SystemExit(_usage(f"-e {key}=...: extra vars are written on ansible-playbook's command line (shown by "
+                                    f"ps, kept in $SPECFLEET_HOME/runner); give a secret in the environment (e.g. "
+                                    f"ANTHROPIC_API_KEY) or an ansible-vault file"))
         extra[key] = value
     if getattr(args, "project", None):
         extra["project"] = args.project
@@ -208,45 +220,22 @@ def _extravars(args: argparse.Namespace) -> dict[str, Any]:
     return extra
 
 
-def run_playbook(command: str, extravars: dict[str, Any], limit: str | None = None, inventory: str | None = None,
-                 check: bool = False, progress: bool = False) -> int:
-    """Run the command's playbook with ansible-runner; -> ansible-playbook's exit status."""
+def clean_runner_dirs(older_than: str, check: bool) -> int:
+    """The controller's half of ``cleanup``: ansible-runner directories unused for ``older_than``."""
     try:
-        import ansible_runner
-    except ImportError:
-        print("specfleet: ansible-runner is not installed (scripts/setup.sh installs it)", file=sys.stderr)
-        return EXIT_INPUT
-    private = specfleet_home() / "runner" / f"{time.strftime('%Y%m%d-%H%M%S')}-{command}-{os.getpid()}"
-    private.mkdir(parents=True, exist_ok=True)
-    bindir = str(Path(sys.executable).parent)  # the venv's ansible-playbook, as ansible-runner looks it up
-    # ansible-runner puts its own callback directory in ANSIBLE_CALLBACK_PLUGINS, which would hide
-    # ansible.cfg's: name ours here and the runner appends its own after it.
-    env = {"PATH": f"{bindir}:{os.environ.get('PATH', '/usr/bin:/bin')}", "ANSIBLE_FORCE_COLOR": "0",
-           "ANSIBLE_CONFIG": str(REPO_ROOT / "ansible.cfg"),
-           "ANSIBLE_CALLBACK_PLUGINS": str(REPO_ROOT / "plugins" / "callback")}
-    if not sys.stdout.isatty():  # ansible-runner gives ansible a pty: say there is no terminal to draw on
-        env["ANSIBLE_NOCOLOR"] = "1"
-    if progress and (REPO_ROOT / "plugins" / "callback" / "specfleet_progress.py").is_file():
-        env["ANSIBLE_STDOUT_CALLBACK"] = "specfleet_progress"  # one line per spec change, not per task
-    cmdline = []
-    if limit:
-        cmdline += ["--limit", limit]
-    if inventory:
-        cmdline += ["-i", str(Path(inventory).expanduser().resolve())]
-    if check:
-        cmdline.append("--check")
-    old_path = os.environ.get("PATH", "")
-    os.environ["PATH"] = env["PATH"]
-    try:
-        result = ansible_runner.run(private_data_dir=str(private), project_dir=str(REPO_ROOT),
-                                    playbook=str(REPO_ROOT / PLAYBOOKS[command]), extravars=extravars,
-                                    envvars=env, cmdline=shlex.join(cmdline) or None, quiet=False,
-                                    settings={"suppress_ansible_output": False})
-    finally:
-        os.environ["PATH"] = old_path
-    print(f"specfleet {command}: {result.status} (exit {result.rc}); events and output in {private}",
-          file=sys.stderr)
-    return int(result.rc if result.rc is not None else EXIT_FAILED)
+        age = parse_duration(older_than, maximum=None, allow_zero=True)
+    except ValueError as exc:
+        return _usage(f"cleanup --older-than: {exc}")
+    root = specfleet_home() / "runner"
+    stale: list[Path] = []
+    if root.is_dir():
+        with playbook.RunnerLock(root):
+            stale = cleanup.stale_runner_dirs(root, age, time.time())
+            for path in [] if check else stale:
+                shutil.rmtree(path, ignore_errors=True)
+    print(f"specfleet cleanup: {'would remove' if check else 'removed'} {len(stale)} ansible-runner run directories"
+          f" unused for {format_duration(age) or '0s'} in {root}")
+    return EXIT_OK
 
 
 # -- the command line ------------------------------------------------------------------------------
@@ -298,7 +287,7 @@ def parser() -> argparse.ArgumentParser:
     acting("cancel", "stop a project's runs and kill their jobs")
     p = acting("rescue", "queue failed and blocked specs again")
     p.add_argument("--specs")
-    p = acting("cleanup", "delete finished attempt directories on the nodes")
+    p = acting("cleanup", "delete finished attempt directories on the nodes and old ansible-runner directories")
     p.add_argument("--older-than", dest="older_than")
     acting("health", "check every node; take unhealthy ones out", project=False)
     p = acting("bootstrap", "make a node ready", project=False)
@@ -343,10 +332,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if shutil.which("ansible-playbook", path=str(Path(sys.executable).parent)) is None:
         return _usage(f"ansible-playbook is not in {Path(sys.executable).parent} (run scripts/setup.sh)")
     extravars = _extravars(args)
+    if args.command == "cleanup":
+        code = clean_runner_dirs(args.older_than or "7d", args.check)
+        if code != EXIT_OK:
+            return code
     if args.db:
         extravars["specfleet_db"] = str(Path(args.db).expanduser().resolve())
-    return run_playbook(args.command, extravars, limit=getattr(args, "node", None), inventory=args.inventory,
-                        check=args.check, progress=args.command == "start")
+    return playbook.run(args.command, REPO_ROOT / PLAYBOOKS[args.command], extravars, limit=getattr(args, "node", None),
+                        inventory=args.inventory, check=args.check, progress=args.command == "start")
 
 
 if __name__ == "__main__":  # pragma: no cover

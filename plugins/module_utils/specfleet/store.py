@@ -438,6 +438,13 @@ class Store:
                               " AND revision = ?", (project, task_id, revision)).fetchone()
         return (json.loads(row["front_matter_json"]), row["body"]) if row else None
 
+    # -- runs -------------------------------------------------------------------------------
+
+    def open_runs_of(self, host: str, pid: int) -> list[str]:
+        """Runs process ``pid`` on ``host`` opened and has not closed."""
+        return [r["id"] for r in self.db.execute("SELECT id FROM runs WHERE ended_at IS NULL AND owner_host = ?"
+                                                 " AND owner_pid = ? ORDER BY started_at", (host, pid))]
+
     # -- specs ------------------------------------------------------------------------------
 
     def spec(self, project: str, task_id: str) -> SpecRow | None:
