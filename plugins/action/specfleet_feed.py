@@ -28,7 +28,10 @@ class ActionModule(ControllerAction):
     }
 
     def act(self, result, args, task_vars, db):
+        # Ansible's `groups` (group -> hosts), as plain data: a spec id that is a host or group
+        # name is refused here, before anything is stored (dispatch adds one host per spec).
         report, fed = controller.feed(db=db, dry_run=self._task.check_mode,
+                                      inventory_groups=task_vars.get("groups"),
                                       **controller.project_inputs(args, task_vars))
         result.update(report.as_dict(), db=db, summary=report.summary())
         if fed is None:

@@ -29,8 +29,10 @@ class ActionModule(ControllerAction):
     }
 
     def act(self, result, args, task_vars, db):
+        # Ansible's `groups` (group -> hosts), as plain data: no spec id may be a host or group name.
         report = controller.validate(**controller.project_inputs(args, task_vars),
-                                     check_repository=args["check_repository"])
+                                     check_repository=args["check_repository"],
+                                     inventory_groups=task_vars.get("groups"))
         result.update(report.as_dict(), changed=False, summary=report.summary())
         if not report.ok:
             result.update(failed=True, msg=report.summary())

@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from specfleet.durations import format_duration, parse_duration
-from specfleet.paths import LockIndex, covers, normalise_modifies, paths_overlap
+from specfleet.paths import LockIndex, covers, glob_regex, normalise_modifies, paths_overlap
 
 
 @pytest.mark.parametrize(("text", "seconds"), [
@@ -82,3 +82,43 @@ def test_the_lock_index_finds_the_same_first_overlap_as_a_scan_in_order(entries,
     scan = next(((path, owner) for path, owner in entries
                  if owner not in dropped and owner != skip and paths_overlap(query, path)), None)
     assert index.first(query, skip=skip) == scan
+
+
+@pytest.mark.parametrize(("raw", "why"), [
+    ("**", "whole repository"), ("*/**", "whole repository"), ("./**/*", "whole repository"),
+    ("**/", "whole repository"), ("?/**", "whole repository"), ("src/***.py", "three or more"),
+    ("a" * 4097, "4097 bytes long"), ("src/" + "x" * 256, "segment of 256 bytes"),
+    ("src/" + "é" * 128, "segment of 256 bytes"), ("*a" * 9 + "b", "9 wildcards"),
+])
+def test_paths_past_filesystem_limits_and_globs_of_everything_are_refused(raw, why):
+    with pytest.raises(ValueError, match=why):
+        normalise_modifies(raw)
+
+
+@pytest.mark.parametrize("raw", ["**/*.py", "*.md", "src/" + "x" * 255, "a/" * 2047 + "b", "*a" * 8 + "b"])
+def test_paths_at_the_limits_are_kept(raw):
+    assert normalise_modifies(raw)
+
+
+# Each pattern has more than two wildcard runs, so covers() takes the backtracking-free
+# matcher; the regex agrees on the short paths. The long paths took the regex minutes.
+GLOB_CASES = [
+    ("a/**/b/**/*.py", "a/x/b/y/z.py", True), ("a/**/b/**/*.py", "a/b/z.py", True),
+    ("a/**/b/**/*.py", "a/x/c/z.py", False), ("**/x/**/y*z", "x/yz", True), ("**/x/**/y*z", "q/x/r/s/yaz", True),
+    ("**/x/**/y*z", "q/x/r/s/ya/z", False), ("src/*/*/*.py", "src/a/b/c.py", True),
+    ("src/*/*/*.py", "src/a/c.py", False), ("t/[!_]*/?/*", "t/ab/c/d", True), ("t/[!_]*/?/*", "t/_b/c/d", False),
+    ("d/*a*a*b/", "d/xaab/deep/file", True),
+]
+
+
+@pytest.mark.parametrize(("pattern", "path", "expected"), GLOB_CASES)
+def test_globs_with_many_wildcards_match_as_the_regex_does(pattern, path, expected):
+    assert covers(pattern, path) is expected
+    assert bool(glob_regex(pattern).match(path)) is expected
+
+
+@pytest.mark.parametrize(("pattern", "path"), [
+    ("**a**a**b", "a" * 4000), ("*a*a*a*a*b", "a" * 255), ("**/a**/a**/b", "a/" * 2000), ("*a*a*a*a*a*a*a*b", "a" * 4000),
+])
+def test_glob_bombs_are_answered_without_backtracking(pattern, path):
+    assert covers(pattern, path) is False  # minutes with the regex; linear passes here

@@ -96,7 +96,7 @@ def problems_of(text, **kwargs):
 
 
 @pytest.mark.parametrize(("text", "field", "line", "fragment"), [
-    ("---\ntask_id: S01\nmodifies: [a.py\n---\n## Goal\nx\n", None, 4, "YAML error"),
+    ("---\ntask_id: S01\nmodifies: [a.py\n---\n## Goal\nx\n", "modifies", 4, "YAML error"),
     ("---\ntask_id: S01\ntask_id: S02\nmodifies: [a]\n---\n", "task_id", 3, "duplicate key 'task_id' (first on line 2)"),
     ("no front matter\n", None, 1, "does not start with a '---'"),
     ("---\ntask_id: S01\nmodifies: [a]\n", None, 1, "never closed"),

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import pytest
+
+from specfleet.project import load_project
 from specfleet.validation import validate_project
 from tests.conftest import git, spec_text
 
@@ -46,7 +49,7 @@ def test_problems_across_files_are_all_reported_and_valid_siblings_stay_valid(pr
     assert "specs/demo/S03.md:4: field 'executor': 'gpt-9' is not defined in the inventory (defined: codex, glm)" in found
     assert "specs/demo/S04.md: field 'task_id': 'S01' is the same id as in specs/demo/S01.md" in found
     assert "specs/demo/S01.md: field 'task_id': 'S01' is also used by specs/demo/S04.md" in found
-    assert "specs/demo/S05.md:3: YAML error" in found
+    assert "specs/demo/S05.md:3: field 'task_id': YAML error" in found
     assert "specs/demo/S06-forgot.md:1: looks like a spec but has no YAML front matter" in found
     # S02 and S03 are broken, S01 and S04 share an id: nothing of these is "valid".
     assert report.valid_ids == []
@@ -191,7 +194,7 @@ def test_non_utf8_and_oversized_files(projects):
     (folder / "S01.md").write_bytes(b"---\ntask_id: S01\xff\n---\n")
     (folder / "S02.md").write_text(spec_text("S02") + "x" * 300_000)
     found = texts(validate(projects))
-    assert any("S01.md: is not UTF-8" in t for t in found)
+    assert any("S01.md:2: is not UTF-8 text (byte 16)" in t for t in found), found
     assert any("S02.md: is" in t and "bytes" in t for t in found)
 
 
@@ -208,3 +211,11 @@ def test_a_thousand_specs_validate(projects):
     projects.project(**files)
     report = validate(projects)  # how fast is measured by benchmarks/bench_validate.py
     assert report.ok and len(report.valid_ids) == 1000
+
+
+@pytest.mark.parametrize("key", ["base_branch", "push"])
+def test_a_project_setting_ending_in_a_line_break_is_refused(tmp_path, key):
+    """The schema's '$' lets Python's re match before a final line break: "main\\n" passed."""
+    (tmp_path / "project.yml").write_text(f'repository: /srv/repo\n{key}: "main\\n"\n')
+    config, problems = load_project(tmp_path, "demo", "specs/demo/project.yml")
+    assert config is None and [(p.field, p.line) for p in problems] == [(key, 2)], problems

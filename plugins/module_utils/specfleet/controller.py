@@ -56,20 +56,27 @@ def project_inputs(args: Mapping[str, Any], task_vars: Mapping[str, Any]) -> dic
 
 
 def validate(project: str, specs_root: str | None = None, executors: Any = None,
-             default_executor: str | None = None, check_repository: bool = True) -> ValidationReport:
+             default_executor: str | None = None, check_repository: bool = True,
+             inventory_groups: Mapping[str, Iterable[str]] | None = None) -> ValidationReport:
+    """Validate a project; ``inventory_groups`` is Ansible's ``groups`` (no spec may take a host or group name)."""
     root = resolve_specs_root(specs_root)
     try:
         display = str(root.relative_to(REPO_ROOT))
     except ValueError:
         display = str(root)
     return validate_project(root, project, executor_names(executors), default_executor,
-                            check_repository=check_repository, display_root=display)
+                            check_repository=check_repository, display_root=display,
+                            inventory_groups=inventory_groups)
 
 
 def feed(project: str, db: str | None = None, specs_root: str | None = None, executors: Any = None,
-         default_executor: str | None = None, dry_run: bool = False) -> tuple[ValidationReport, FeedResult | None]:
-    """Validate, then upsert into the store; ``None`` as the result when the project is invalid."""
-    report = validate(project, specs_root, executors, default_executor)
+         default_executor: str | None = None, dry_run: bool = False,
+         inventory_groups: Mapping[str, Iterable[str]] | None = None) -> tuple[ValidationReport, FeedResult | None]:
+    """Validate, then upsert into the store; ``None`` as the result when the project is invalid.
+
+    Nothing is stored unless every spec is valid, including against ``inventory_groups``.
+    """
+    report = validate(project, specs_root, executors, default_executor, inventory_groups=inventory_groups)
     if not report.ok:
         return report, None
     with Store(resolve_db(db)) as store:

@@ -13,6 +13,14 @@ Overlap between two entries is decided conservatively: when it cannot be ruled o
 cheaply (two globs with compatible literal prefixes) the entries are taken to overlap.
 A false overlap only serialises two specs; a missed one lets two agents edit the same
 file, which is the failure the locks exist to prevent.
+
+Globs are matched without backtracking blow-ups: a pattern with more than two wildcard
+runs (``*a*a*a*b``) is matched by :func:`_glob_match`, which walks the path once per
+pattern token keeping the set of reachable positions, instead of by a regular
+expression, whose backtracking took seconds to minutes on such a pattern and a long path.
+Entries are also bounded: at most ``PATH_MAX`` bytes, segments at most ``NAME_MAX``
+bytes, at most :data:`MAX_WILDCARDS` wildcard runs, and never a glob that matches every
+path (``**``, ``*/**``): that is the whole repository, which no spec may lock.
 """
 from __future__ import annotations
 
@@ -23,6 +31,10 @@ GLOB_CHARS = frozenset("*?[")
 # Characters a shell, git or YAML-to-shell templating would interpret. Paths reach
 # node-side commands, so they are refused outright instead of being quoted everywhere.
 SHELL_METACHARACTERS = frozenset("`$;&|<>\\\"'")
+PATH_MAX = 4096  # bytes, Linux's limit for a whole path
+NAME_MAX = 255   # bytes, for one segment (a file or directory name)
+MAX_WILDCARDS = 8  # runs of '*' and '?' in one entry; real globs use one to three
+_WILDCARD_RUN = re.compile(r"[*?]+")
 
 
 def _is_control(char: str) -> bool:
@@ -51,6 +63,14 @@ def normalise_modifies(raw: object) -> str:
         raise ValueError("is absolute; write it relative to the repository root")
     if raw.startswith("~"):
         raise ValueError("starts with '~'; write it relative to the repository root")
+    size = len(raw.encode("utf-8", "surrogatepass"))
+    if size > PATH_MAX:
+        raise ValueError(f"is {size} bytes long; a path is at most {PATH_MAX} bytes")
+    runs = _WILDCARD_RUN.findall(raw)
+    if any("*" * 3 in run for run in runs):
+        raise ValueError("has a run of three or more '*'; write '**' (any depth) or '*' (within one directory)")
+    if len(runs) > MAX_WILDCARDS:
+        raise ValueError(f"has {len(runs)} wildcards; a glob has at most {MAX_WILDCARDS}")
     is_dir = raw.endswith("/")
     segments = []
     for segment in raw.split("/"):
@@ -62,11 +82,23 @@ def normalise_modifies(raw: object) -> str:
             raise ValueError("points into .git; specs change tracked files only")
         if segment.startswith("-"):
             raise ValueError(f"segment {segment!r} starts with '-' and would read as an option")
+        length = len(segment.encode("utf-8", "surrogatepass"))
+        if length > NAME_MAX:
+            raise ValueError(f"has a segment of {length} bytes; a file or directory name is at most {NAME_MAX} bytes")
         segments.append(segment)
     if not segments:
         raise ValueError("names the whole repository; list the files or directories the spec changes")
+    if is_glob(raw) and not _has_literal(segments):
+        raise ValueError("is wildcards only and would claim the whole repository; "
+                         "list the files or directories the spec changes")
     path = "/".join(segments)
     return path + "/" if is_dir else path
+
+
+def _has_literal(segments: list[str]) -> bool:
+    """Whether a glob's segments hold any character that is not a wildcard (``*``, ``?``, ``[...]``)."""
+    text = re.sub(r"\[[^\]]*\]", "", "/".join(segments))
+    return any(c not in "*?/" for c in text)
 
 
 @lru_cache(maxsize=65536)
@@ -82,9 +114,8 @@ def literal_prefix(path: str) -> str:
     return path
 
 
-@lru_cache(maxsize=4096)
-def glob_regex(pattern: str) -> re.Pattern[str]:
-    """Compile a ``modifies`` glob; a trailing ``/`` matches everything below the directory."""
+def _glob_pieces(pattern: str) -> list[str]:
+    """``pattern`` as regular-expression pieces: one per literal character, class, ``?`` or star run."""
     out = []
     index = 0
     while index < len(pattern):
@@ -116,6 +147,73 @@ def glob_regex(pattern: str) -> re.Pattern[str]:
         index += 1
     if pattern.endswith("/"):
         out.append(".*")
+    return out
+
+
+_STARS = ("(?:.*/)?", ".*", "[^/]*")
+
+
+@lru_cache(maxsize=4096)
+def _glob_tokens(pattern: str) -> tuple[tuple[str, re.Pattern[str] | None, int], ...]:
+    """Star runs as they are, every stretch between them as one fixed-length compiled chunk."""
+    tokens: list[tuple[str, re.Pattern[str] | None, int]] = []
+    chunk: list[str] = []
+    for piece in _glob_pieces(pattern):
+        if piece in _STARS:
+            if chunk:
+                tokens.append(("chunk", re.compile("".join(chunk)), len(chunk)))
+                chunk = []
+            tokens.append((piece, None, 0))
+        else:
+            chunk.append(piece)
+    if chunk:
+        tokens.append(("chunk", re.compile("".join(chunk)), len(chunk)))
+    return tuple(tokens)
+
+
+def _glob_match(pattern: str, path: str) -> bool:
+    """Whether ``pattern`` matches all of ``path``, in O(tokens x len(path)) without backtracking.
+
+    ``reach[p]`` says the tokens so far can match ``path[:p]``. A chunk moves each
+    reachable position forward by its length where it matches; ``[^/]*`` extends each
+    one up to the next ``/``; ``.*`` extends the first one to the end; ``(?:.*/)?``
+    keeps them and adds every position just after a later ``/``.
+    """
+    size = len(path)
+    reach = bytearray(size + 1)
+    reach[0] = 1
+    for kind, chunk, length in _glob_tokens(pattern):
+        first = reach.find(1)
+        if first == -1:
+            return False
+        after = bytearray(size + 1)
+        if kind == "chunk":
+            for start in range(first, size - length + 1):
+                if reach[start] and chunk.match(path, start):
+                    after[start + length] = 1
+        elif kind == ".*":
+            after[first:] = b"\x01" * (size + 1 - first)
+        elif kind == "[^/]*":
+            open_run = False
+            for position in range(first, size + 1):
+                open_run = open_run or bool(reach[position])
+                if open_run:
+                    after[position] = 1
+                if position < size and path[position] == "/":
+                    open_run = False
+        else:  # (?:.*/)?
+            after[:] = reach
+            for position in range(first, size):
+                if path[position] == "/":
+                    after[position + 1] = 1
+        reach = after
+    return bool(reach[size])
+
+
+@lru_cache(maxsize=4096)
+def glob_regex(pattern: str) -> re.Pattern[str]:
+    """Compile a ``modifies`` glob; a trailing ``/`` matches everything below the directory."""
+    out = _glob_pieces(pattern)
     return re.compile("".join(out) + r"\Z")
 
 
@@ -124,6 +222,8 @@ def covers(pattern: str, path: str) -> bool:
     if pattern.endswith("/") and not is_glob(pattern):
         return path.startswith(pattern)
     if is_glob(pattern):
+        if sum(1 for kind, _chunk, _length in _glob_tokens(pattern) if kind != "chunk") > 2:
+            return _glob_match(pattern, path)  # a regex could backtrack for minutes
         return bool(glob_regex(pattern).match(path))
     return pattern == path
 

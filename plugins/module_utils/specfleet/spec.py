@@ -12,6 +12,7 @@ import difflib
 import hashlib
 import json
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +22,25 @@ from .paths import normalise_modifies
 from .problems import Problem
 from .schema import load_schema, schema_problems
 
-TASK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# \Z, not $: "$" also matches before a trailing newline, and "S01\n" once passed as an id
+# (dispatch then made a run directory with a line break in its name). Use fullmatch.
+TASK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
+TASK_ID_RULE = "1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+# Ids become Ansible host names in the dispatch play and git branch names
+# (specfleet/<project>/<id>), so these would mean something else there. Compared
+# lower-cased, like duplicate ids.
+RESERVED_IDS = {
+    "localhost": "is Ansible's implicit controller host: the spec would run on the controller",
+    "127.0.0.1": "is Ansible's implicit controller host: the spec would run on the controller",
+    "all": "is Ansible's group of every host",
+    "ungrouped": "is Ansible's group of hosts in no other group",
+    "specfleet_nodes": "is the inventory group of worker nodes",
+    "specfleet_specs": "is the group the dispatch play adds spec hosts to",
+    "specfleet_agent_specs": "is the group the dispatch play adds spec hosts to",
+    "specfleet_job_specs": "is the group the dispatch play adds spec hosts to",
+    "integration": "is the project's integration branch (specfleet/<project>/integration)",
+}
+SPEC_HOST_GROUPS = frozenset({"specfleet_specs", "specfleet_agent_specs", "specfleet_job_specs"})
 
 # Heading aliases (compared lower-cased, without trailing colons) -> section key.
 SECTION_ALIASES = {
@@ -59,6 +78,7 @@ class Spec:
     body: str
     front_matter: dict[str, Any] = field(repr=False)
     content_hash: str = ""
+    key_lines: dict[str, int] = field(default_factory=dict, repr=False, compare=False)  # for messages
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -113,6 +133,37 @@ def parse_sections(body: str) -> tuple[dict[str, str], list[tuple[str, int]], li
     return {k: "\n".join(v).strip() for k, v in sections.items()}, headings, duplicates
 
 
+def reserved_ids(inventory_groups: Mapping[str, Iterable[str]] | None = None) -> dict[str, str]:
+    """Lower-cased names a task id must not take -> why, from Ansible's ``groups`` variable (group -> hosts)."""
+    reserved = dict(RESERVED_IDS)
+    groups = inventory_groups or {}
+    # Hosts a dispatch play added for specs are the specs themselves, not a clash.
+    spec_hosts = {str(h) for g in SPEC_HOST_GROUPS for h in groups.get(g) or ()}
+    for group, hosts in sorted(groups.items()):
+        reserved.setdefault(str(group).lower(), f"is the name of the inventory group {group}")
+        for host in hosts or ():
+            if str(host) not in spec_hosts:
+                reserved.setdefault(str(host).lower(), f"is the name of the inventory host {host}")
+    return reserved
+
+
+def task_id_problem(task_id: str) -> str | None:
+    """What is wrong with ``task_id`` as an id (and so a host and branch name), or ``None``."""
+    if not TASK_ID.fullmatch(task_id):
+        return f"{show(task_id)} has characters or a length that are not allowed"
+    if ".." in task_id or task_id.endswith((".", ".lock")):
+        return f"{show(task_id)} contains '..' or ends in '.' or '.lock', which git refuses in a branch name"
+    return None
+
+
+def show(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters: messages never render a whole hostile value."""
+    if isinstance(value, (list, tuple, dict)) and len(value) > 8:
+        return f"<{type(value).__name__} of {len(value)} items>"
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def _unknown_key_problem(path: str, key: str, line: int | None, known: list[str]) -> Problem:
     close = difflib.get_close_matches(str(key), known, n=1)
     hint = f"did you mean '{close[0]}'?" if close else "known fields: " + ", ".join(known)
@@ -120,12 +171,15 @@ def _unknown_key_problem(path: str, key: str, line: int | None, known: list[str]
 
 
 def parse_spec(path: str, text: str, project: str, defaults: dict[str, Any] | None = None,
-               stem: str | None = None, executors: list[str] | None = None) -> tuple[Spec | None, list[Problem]]:
+               stem: str | None = None, executors: list[str] | None = None,
+               reserved: Mapping[str, str] | None = None) -> tuple[Spec | None, list[Problem]]:
     """Parse one spec file's ``text``; return the spec, or ``None`` and every problem found.
 
     ``defaults`` are the project's (``project.yml``) values for fields a spec may omit;
-    ``executors`` the names the inventory defines (``None``: not checked).
+    ``executors`` the names the inventory defines (``None``: not checked); ``reserved``
+    the lower-cased names an id must not take, with why (default :data:`RESERVED_IDS`).
     """
+    reserved = RESERVED_IDS if reserved is None else reserved
     defaults = dict(DEFAULTS, **{k: v for k, v in (defaults or {}).items() if v is not None})
     problems: list[Problem] = []
     try:
@@ -143,17 +197,28 @@ def parse_spec(path: str, text: str, project: str, defaults: dict[str, Any] | No
         problems.append(_unknown_key_problem(path, key, line_of(str(key)), known))
         del data[key]
     problems += schema_problems(schema, data, path, line_of)
-    bad_fields = {p.field for p in problems}
-
     task_id = data.get("task_id")
-    if "task_id" not in doc.data and "task_id" in bad_fields:
+    taken: Problem | None = None
+    if isinstance(task_id, str) and not any(p.field == "task_id" for p in problems):
+        wrong = task_id_problem(task_id)
+        if wrong:
+            problems.append(Problem(path, line_of("task_id"), "task_id", wrong, TASK_ID_RULE))
+        elif task_id.lower() in reserved:
+            source = "" if "task_id" in doc.data else " (taken from the file name)"
+            taken = Problem(path, line_of("task_id"), "task_id", f"{task_id!r}{source} {reserved[task_id.lower()]}",
+                            "rename the spec: ids become host names in the dispatch play and branch names")
+
+    if "task_id" not in doc.data and any(p.field == "task_id" for p in problems):
         problems = [p for p in problems if p.field != "task_id"]
         problems.append(Problem(path, None, "task_id",
-                                f"is missing and the file name {stem!r} is not a valid task id",
-                                "add 'task_id:' with 1-64 letters, digits, '.', '_' or '-'"))
+                                f"is missing and the file name {show(stem)} is not a valid task id",
+                                f"add 'task_id:' with {TASK_ID_RULE}"))
+    if taken:
+        problems.append(taken)
+    bad_fields = {p.field for p in problems}
     if "project" in data and "project" not in bad_fields and data["project"] != project:
         problems.append(Problem(path, line_of("project"), "project",
-                                f"is {data['project']!r} but the spec is in the folder of project {project!r}",
+                                f"is {show(data['project'])} but the spec is in the folder of project {project!r}",
                                 f"write 'project: {project}' or move the file"))
 
     modifies: list[str] = []
@@ -162,11 +227,11 @@ def parse_spec(path: str, text: str, project: str, defaults: dict[str, Any] | No
             try:
                 normal = normalise_modifies(raw)
             except ValueError as exc:
-                problems.append(Problem(path, line_of("modifies"), "modifies", f"entry {raw!r} {exc}"))
+                problems.append(Problem(path, line_of("modifies"), "modifies", f"entry {show(raw)} {exc}"))
                 continue
             if normal in modifies:
                 problems.append(Problem(path, line_of("modifies"), "modifies",
-                                        f"entry {raw!r} repeats {normal!r}", "list each path once"))
+                                        f"entry {show(raw)} repeats {show(normal)}", "list each path once"))
             else:
                 modifies.append(normal)
 
@@ -176,6 +241,8 @@ def parse_spec(path: str, text: str, project: str, defaults: dict[str, Any] | No
             continue
         source = data.get(key, defaults[key])
         try:
+            if isinstance(source, str) and len(source) > 32:  # no duration is that long; keep the message short
+                raise ValueError(f"{show(source)} is not a duration; write e.g. 90s, 5m, 1h30m")
             durations[key] = parse_duration(source)
         except ValueError as exc:
             where = line_of(key) if key in data else None
@@ -202,13 +269,13 @@ def parse_spec(path: str, text: str, project: str, defaults: dict[str, Any] | No
                                     "name one of the inventory's executors"))
         elif executors is not None and executor not in executors:
             problems.append(Problem(path, line_of("executor"), "executor",
-                                    f"{executor!r} is not defined in the inventory",
+                                    f"{show(executor)} is not defined in the inventory",
                                     "defined: " + ", ".join(executors)))
 
     for dep in data.get("depends_on", []) if "depends_on" not in bad_fields else []:
-        if not TASK_ID.match(dep):
+        if task_id_problem(dep):
             problems.append(Problem(path, line_of("depends_on"), "depends_on",
-                                    f"entry {dep!r} is not a valid task id"))
+                                    f"entry {show(dep)} is not a valid task id", TASK_ID_RULE))
         elif dep == task_id:
             problems.append(Problem(path, line_of("depends_on"), "depends_on",
                                     f"dependency cycle: {task_id} -> {task_id}", "a spec cannot depend on itself"))
@@ -242,5 +309,6 @@ def parse_spec(path: str, text: str, project: str, defaults: dict[str, Any] | No
         body=doc.body,
         front_matter=dict(doc.data),
         content_hash=content_hash(doc.data, doc.body),
+        key_lines=dict(doc.key_lines),
     )
     return spec, []

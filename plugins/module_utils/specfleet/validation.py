@@ -7,6 +7,12 @@ durations, sections); then across files (duplicate ids, unknown dependencies, cy
 executors, ``modifies`` against the repository tree). A file is reported valid when no
 problem names it, so one bad spec does not hide its good siblings; but the project is
 fed to the store only when nothing at all is wrong.
+
+Spec files are read defensively (:func:`_read_spec_file`): only regular files, checked
+with ``stat`` before opening (a FIFO would block the read forever, ``/dev/zero`` never
+ends) and with ``fstat`` after; the size is checked before reading and at most
+``MAX_SPEC_BYTES + 1`` bytes are read; a symbolic link is followed only when it stays
+inside the specs folder.
 """
 from __future__ import annotations
 
@@ -14,17 +20,18 @@ import difflib
 import fnmatch
 import os
 import re
-from collections.abc import Iterable
+import stat
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from . import frontmatter
 from .graph import SpecGraph
-from .paths import is_glob, literal_prefix
+from .paths import PATH_MAX, is_glob, literal_prefix
 from .problems import Problem
-from .project import PROJECT_NAME, ProjectConfig, RepositoryError, load_project, repository_files
-from .spec import Spec, parse_spec
+from .project import PROJECT_NAME, ProjectConfig, RepositoryError, load_project, repository_files, run_git
+from .spec import Spec, parse_spec, reserved_ids, show
 
 # Markdown files that live beside specs and are never specs.
 NON_SPEC_NAMES = frozenset({"README.md", "SHARED_CONTEXT.md", "CLAUDE.md", "AGENTS.md", "CHANGELOG.md"})
@@ -92,7 +99,10 @@ def _candidates(folder: Path, display_root: str, config: ProjectConfig, report: 
     for entry in sorted(folder.iterdir(), key=lambda p: p.name):
         name = entry.name
         display = f"{display_root}/{_display_name(name)}"
-        if not name.endswith(".md") or entry.is_dir():
+        if not name.endswith(".md"):
+            continue
+        if os.path.isdir(entry) and not os.path.islink(entry):
+            report.ignored[display] = "a directory"
             continue
         if name.startswith(("_", ".")):
             report.ignored[display] = "name starts with '_' or '.'"
@@ -106,11 +116,64 @@ def _candidates(folder: Path, display_root: str, config: ProjectConfig, report: 
         yield entry, display
 
 
-def _check_modifies(spec: Spec, files: set[str], dirs: set[str], branch: str) -> list[Problem]:
-    """Each entry must name something that exists at ``branch`` or could be created there."""
+_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
+               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+               (stat.S_ISSOCK, "a socket"))
+
+
+def _kind(mode: int) -> str:
+    return next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
+
+
+def _read_spec_file(entry: Path, specs_root: str) -> tuple[bytes | None, str, str]:
+    """The bytes of a spec file, or ``None`` with what is wrong and what would be right.
+
+    ``specs_root`` is the real path a symbolic link must stay inside.
+    """
+    not_regular = "a spec is a regular markdown file"
+    try:
+        if os.path.islink(entry):
+            real = os.path.realpath(entry)
+            if os.path.commonpath([real, specs_root]) != specs_root:
+                return None, f"is a symbolic link to {show(real, 120)}, outside the specs folder", \
+                    "copy the spec into the project folder instead of linking to it"
+        info = os.stat(entry)  # follows a link; never opens, so a FIFO cannot block here
+        if not stat.S_ISREG(info.st_mode):
+            return None, f"is {_kind(info.st_mode)}, not a regular file", not_regular
+        if info.st_size > MAX_SPEC_BYTES:
+            return None, f"is {info.st_size} bytes; a spec is at most {MAX_SPEC_BYTES}", "split it into smaller specs"
+        # O_NONBLOCK: if the file was swapped for a FIFO since the stat, open must not wait for a writer.
+        fd = os.open(entry, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as exc:
+        return None, f"cannot be read: {exc.strerror}", ""
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return None, f"is {_kind(info.st_mode)}, not a regular file", not_regular
+        chunks, size = [], 0
+        while size <= MAX_SPEC_BYTES:
+            # Ask for what stat promised plus a page (a file may grow), never a 256 KB buffer per small file.
+            chunk = os.read(fd, min(MAX_SPEC_BYTES + 1 - size, max(info.st_size - size, 0) + 4096))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as exc:
+        return None, f"cannot be read: {exc.strerror}", ""
+    finally:
+        os.close(fd)
+    if size > MAX_SPEC_BYTES:
+        return None, f"is more than {MAX_SPEC_BYTES} bytes; a spec is at most {MAX_SPEC_BYTES}", \
+            "split it into smaller specs"
+    return b"".join(chunks), "", ""
+
+
+def _check_modifies(spec: Spec, files: set[str], dirs: set[str], branch: str,
+                    entries: Iterable[str] | None = None) -> list[Problem]:
+    """Each entry (default: all of the spec's) must name something that exists at ``branch`` or could be created there."""
     problems = []
     declared_dirs = {m for m in spec.modifies if m.endswith("/")}
-    for entry in spec.modifies:
+    for entry in spec.modifies if entries is None else entries:
         if is_glob(entry):
             prefix = literal_prefix(entry)
             anchor = prefix if prefix.endswith("/") or not prefix else os.path.dirname(prefix) + "/"
@@ -150,19 +213,22 @@ def _check_modifies(spec: Spec, files: set[str], dirs: set[str], branch: str) ->
 
 def validate_project(specs_root: str | Path, project: str, executors: Iterable[str] | None = None,
                      default_executor: str | None = None, env: dict[str, str] | None = None,
-                     check_repository: bool = True, display_root: str | None = None) -> ValidationReport:
+                     check_repository: bool = True, display_root: str | None = None,
+                     inventory_groups: Mapping[str, Iterable[str]] | None = None) -> ValidationReport:
     """Validate ``<specs_root>/<project>``.
 
     ``executors`` are the names defined in the inventory; ``None`` skips that check (for
     tools that have no inventory). ``default_executor`` is the inventory's fallback for
     specs and projects that name none. ``display_root`` is how messages spell
-    ``specs_root`` (e.g. ``specs`` rather than an absolute path).
+    ``specs_root`` (e.g. ``specs`` rather than an absolute path). ``inventory_groups``
+    is Ansible's ``groups`` variable (group -> host names): no task id may equal one of
+    those names, nor a name Ansible reserves (``localhost``, ``all``, ``ungrouped``).
     """
     report = ValidationReport(project)
     root_display = (display_root or str(specs_root)).rstrip("/") or "."
-    if not isinstance(project, str) or not PROJECT_NAME.match(project):
+    if not isinstance(project, str) or not PROJECT_NAME.fullmatch(project):
         report.problems.append(Problem(root_display, None, "project",
-                                       f"{project!r} is not a valid project name",
+                                       f"{show(project)} is not a valid project name",
                                        "1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"))
         return report
     folder = Path(specs_root) / project
@@ -183,37 +249,37 @@ def validate_project(specs_root: str | Path, project: str, executors: Iterable[s
     executor_names = None if executors is None else sorted(executors)
     if executor_names is not None and config.executor and config.executor not in executor_names:
         report.problems.append(Problem(report.project_file, None, "executor",
-                                       f"{config.executor!r} is not defined in the inventory",
+                                       f"{show(config.executor)} is not defined in the inventory",
                                        "defined: " + ", ".join(executor_names)))
 
     seen_ids: dict[str, Spec] = {}  # lower-cased id -> first spec with it
     defaults = config.spec_defaults()
     if defaults["executor"] is None:
         defaults["executor"] = default_executor
+    reserved = reserved_ids(inventory_groups)
+    real_root = os.path.realpath(specs_root)
     for entry, path in _candidates(folder, display, config, report):
-        try:
-            raw = entry.read_bytes()
-        except OSError as exc:
-            report.problems.append(Problem(path, None, None, f"cannot be read: {exc.strerror}"))
-            continue
-        if len(raw) > MAX_SPEC_BYTES:
-            report.problems.append(Problem(path, None, None, f"is {len(raw)} bytes; a spec is at most {MAX_SPEC_BYTES}",
-                                           "split it into smaller specs"))
+        raw, wrong, hint = _read_spec_file(entry, real_root)
+        if raw is None:
+            report.problems.append(Problem(path, None, None, wrong, hint))
             continue
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            report.problems.append(Problem(path, None, None, f"is not UTF-8 text (byte {exc.start})"))
+            report.problems.append(Problem(path, raw.count(b"\n", 0, exc.start) + 1, None,
+                                           f"is not UTF-8 text (byte {exc.start})", "save it as UTF-8"))
             continue
         stem = entry.name[:-3]
         if not frontmatter.has_front_matter(text):
             if LOOKS_LIKE_SPEC.match(stem):
-                report.problems.append(Problem(path, 1, None, "looks like a spec but has no YAML front matter",
+                state = "is empty" if not text.strip() else "has no YAML front matter"
+                report.problems.append(Problem(path, 1, None, f"looks like a spec but {state}",
                                                "start the file with a '---' line, or rename it to _" + entry.name))
             else:
                 report.ignored[path] = "no front matter"
             continue
-        spec, problems = parse_spec(path, text, project, defaults, stem=stem, executors=executor_names)
+        spec, problems = parse_spec(path, text, project, defaults, stem=stem, executors=executor_names,
+                                    reserved=reserved)
         report.files[path] = spec.task_id if spec else None
         report.problems += problems
         if spec is not None:
@@ -228,7 +294,7 @@ def validate_project(specs_root: str | Path, project: str, executors: Iterable[s
                 close = difflib.get_close_matches(dep, [k for k in known_ids if k != spec.task_id], n=1)
                 hint = f"did you mean {close[0]!r}?" if close else "known: " + ", ".join(known_ids)
                 report.problems.append(Problem(spec.path, None, "depends_on",
-                                               f"{dep!r} is not a spec of project {project}", hint))
+                                               f"{show(dep)} is not a spec of project {project}", hint))
 
     graph = SpecGraph({s.task_id: s.depends_on for s in specs})
     for cycle in graph.cycles():
@@ -272,5 +338,101 @@ def _check_repository(report: ValidationReport, config: ProjectConfig, specs: li
         while "/" in path.rstrip("/"):
             path = os.path.dirname(path.rstrip("/")) + "/"
             dirs.add(path)
+    links = _CommittedLinks(config.repository, config.base_branch)
     for spec in specs:
-        report.problems += _check_modifies(spec, files, dirs, config.base_branch)
+        escaping = set()
+        for entry in spec.modifies:
+            try:
+                leak = links.escape(entry)
+            except RepositoryError as exc:
+                report.problems.append(Problem(report.project_file, None, "repository",
+                                               f"cannot read the symbolic links on {config.base_branch}: {exc}"))
+                return
+            if leak:
+                escaping.add(entry)
+                link, target, why = leak
+                report.problems.append(Problem(
+                    spec.path, spec.key_lines.get("modifies"), "modifies",
+                    f"{show(entry, 200)} goes through the symbolic link {show(link, 200)} -> {show(target, 200)} "
+                    f"committed on {config.base_branch}, which {why}",
+                    "name the real path inside the repository, or remove the link"))
+        kept = [m for m in spec.modifies if m not in escaping]
+        report.problems += _check_modifies(spec, files, dirs, config.base_branch, kept)
+
+
+class _CommittedLinks:
+    """Symbolic links committed on a branch, followed the way a checkout would follow them.
+
+    An agent told it may modify ``docs/x`` edits whatever ``docs`` points to; a link to
+    ``/etc`` or ``../..`` lets it write outside its worktree. Links are read from the
+    committed tree (mode 120000), not the working copy, because that is what worktrees
+    check out. The tree listing is fetched once, only when some entry is asked about.
+    """
+
+    MAX_HOPS = 40  # as the kernel's ELOOP limit
+
+    def __init__(self, repository: str, branch: str):
+        self.repository = repository
+        self.branch = branch
+        self._links: dict[str, str] | None = None  # path -> blob id
+        self._targets: dict[str, str | None] = {}
+
+    def _load(self) -> dict[str, str]:
+        if self._links is None:
+            listing = run_git(self.repository, "ls-tree", "-r", "-z", "--full-tree", f"refs/heads/{self.branch}")
+            self._links = {}
+            for record in listing.split("\x00"):
+                meta, _tab, name = record.partition("\t")
+                if meta.startswith("120000 "):
+                    self._links[name] = meta.split()[2]
+        return self._links
+
+    def _target(self, link: str) -> str | None:
+        """The link's target text; ``None`` when it is longer than any path can be."""
+        if link not in self._targets:
+            blob = self._load()[link]
+            size = int(run_git(self.repository, "cat-file", "-s", blob).strip() or 0)
+            try:
+                self._targets[link] = run_git(self.repository, "cat-file", "blob", blob) if size <= PATH_MAX else None
+            except UnicodeDecodeError:  # not a path anyone can check out portably
+                self._targets[link] = None
+        return self._targets[link]
+
+    def escape(self, entry: str) -> tuple[str, str, str] | None:
+        """``(link, target, why)`` when ``entry``'s existing part leads out of the worktree, else ``None``."""
+        if is_glob(entry):  # the directories before the first wildcard
+            prefix = literal_prefix(entry)
+            path = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        else:
+            path = entry.rstrip("/")
+        if not path or not self._load():
+            return None
+        pending = path.split("/")
+        resolved: list[str] = []
+        hops = 0
+        link = target = ""
+        while pending:
+            part = pending.pop(0)
+            if part in ("", "."):
+                continue
+            if part == ".." and resolved:
+                resolved.pop()
+                continue
+            if part == "..":
+                return (link, target, "leaves the repository") if link else None
+            if part == ".git":
+                return (link, target, "leads into .git, where hooks run code") if link else None
+            resolved.append(part)
+            current = "/".join(resolved)
+            if current not in self._links:
+                continue
+            hops += 1
+            text = self._target(current)
+            if hops > self.MAX_HOPS:
+                return current, text or "", f"is part of a loop of links (more than {self.MAX_HOPS})"
+            link, target = current, text if text is not None else "<a target longer than PATH_MAX or not UTF-8>"
+            if text is None or text.startswith("/"):
+                return link, target, "leaves the repository"
+            resolved.pop()
+            pending = text.split("/") + pending
+        return None
