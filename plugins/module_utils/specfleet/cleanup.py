@@ -34,8 +34,8 @@ from pathlib import Path
 from .jobs import JOB_STATE, _project_path, component, shell_path
 from .project import RepositoryError, run_git
 
-NAME = re.compile(r"^(\d+)-(.+)$")
-RUNNER_RUN = re.compile(r"^\d{8}-\d{6}-[a-z]+-\d+$")  # <date>-<time>-<command>-<pid>, as the CLI names runs
+NAME = re.compile(r"^(\d+)-(.+)\Z")
+RUNNER_RUN = re.compile(r"^\d{8}-\d{6}-[a-z]+-\d+(\.\d+)?\Z")  # <date>-<time>-<command>-<pid>, as the CLI names runs
 
 LISTER = """\
 cd {root} 2>/dev/null || {{ echo NOW=$(date +%s); exit 0; }}

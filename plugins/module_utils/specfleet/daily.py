@@ -70,7 +70,7 @@ FAILURE_CATEGORIES = ("failed", "infra", "lost")
 AFTER_NODE = {"completed": "verify", "verified": "merge", "conflict": "merge", "in_review": "review", "merged": "review"}
 # Sent back for something else's sake: a new revision of the spec, a dependency rejected in review.
 NOT_ITS_FAULT = ("spec revised", "dependency ")
-DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+DAY = re.compile(r"^\d{4}-\d{2}-\d{2}\Z")
 
 
 class ReportError(StoreError):

@@ -29,13 +29,13 @@ from typing import Any
 from .executors import ExecutorError, chain, check_definition
 
 ARCHES = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
-HOST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
-CLI_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+HOST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
+CLI_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 # npm: optional @scope/, then a name; pip: a distribution name with optional extras.
-NPM_PACKAGE = re.compile(r"^(@[a-z0-9][a-z0-9._~-]*/)?[a-z0-9][a-z0-9._~-]*$")
-PIP_PACKAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9._,-]+\])?$")
+NPM_PACKAGE = re.compile(r"^(@[a-z0-9][a-z0-9._~-]*/)?[a-z0-9][a-z0-9._~-]*\Z")
+PIP_PACKAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9._,-]+\])?\Z")
 # "latest" or one exact version: a range or a dist-tag would reinstall and drift on every run.
-VERSION = re.compile(r"^(latest|[0-9]+(\.[0-9]+)*([-+][0-9A-Za-z.-]+)?)$")
+VERSION = re.compile(r"^(latest|[0-9]+(\.[0-9]+)*([-+][0-9A-Za-z.-]+)?)\Z")
 CLI_KEYS = {"name", "npm", "pip", "version", "version_args"}
 TRUE_WORDS = {"1", "true", "yes", "on"}
 FALSE_WORDS = {"0", "false", "no", "off"}

@@ -39,8 +39,8 @@ import re
 import shlex
 from dataclasses import dataclass
 
-SAFE_COMPONENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+SAFE_COMPONENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 MAX_COMMAND_BYTES = 256 * 1024
 TIMEOUT_EXIT = 124          # GNU timeout's status when the time limit hit
 KILL_GRACE_S = 30           # SIGTERM, then SIGKILL this much later

@@ -46,7 +46,7 @@ PLAN_KEYS = ("summary", "milestones", "modules", "contract", "risks")
 # Looked for in the sections only (not in paths or the direction), and only as the markers
 # people write: "a todo list" is a feature, "TODO:" is unfinished work.
 PLACEHOLDER = re.compile(r"\b(TODO|TBD|FIXME|XXX)\b|\blorem ipsum\b|<fill[ -]in>")
-SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}\Z")
 TREE_LIMIT = 400
 CONTEXT_LIMIT = 12000
 DIRECTION_LIMIT = 4000

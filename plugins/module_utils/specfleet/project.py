@@ -93,6 +93,11 @@ def load_project(folder: Path, name: str, display: str,
     if any(ord(c) < 32 for c in repository) or repository.startswith("-"):
         return None, [Problem(display, key_lines.get("repository"), "repository",
                               "contains control characters or starts with '-'")]
+    # The schema's patterns end in '$', which Python's re also lets match before a final line break.
+    for key in ("base_branch", "push"):
+        if any(ord(c) < 32 for c in str(data.get(key, ""))):
+            return None, [Problem(display, key_lines.get(key), key, "contains a line break or control character",
+                                  "write the name alone, e.g. main")]
     if not _REMOTE.match(repository):
         try:
             repository = expand_path(repository, env)
