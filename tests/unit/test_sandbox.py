@@ -144,3 +144,15 @@ def test_a_machine_without_bwrap_is_refused_with_the_fix(monkeypatch):
     monkeypatch.setenv("PATH", "/nonexistent")
     with pytest.raises(sandbox.SandboxUnavailable, match="apt-get install bubblewrap.*specfleet_verify_on"):
         sandbox.check()
+
+
+def test_a_killed_controllers_cgroup_is_removed_by_the_next_command(clone):
+    own = next(line.split(":", 2)[2] for line in Path("/proc/self/cgroup").read_text().splitlines()
+               if line.split(":", 2)[1] == "pids")
+    left = Path("/sys/fs/cgroup/pids") / own.lstrip("/") / "specfleet-999999999-1"  # above any pid_max
+    try:
+        left.mkdir()
+    except OSError:
+        pytest.skip("no pids cgroup this user may create (the rlimit is the process bound then)")
+    assert run("true", clone).ok
+    assert not left.exists()

@@ -36,6 +36,7 @@ which runs them unsandboxed with the same cleared environment and bounds.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import select
@@ -272,7 +273,9 @@ class _PidsCgroup:
         try:
             own = next(line.split(":", 2)[2] for line in Path("/proc/self/cgroup").read_text().splitlines()
                        if line.split(":", 2)[1] == "pids")
-            path = base / own.lstrip("/") / f"specfleet-{os.getpid()}-{time.monotonic_ns()}"
+            parent = base / own.lstrip("/")
+            _remove_orphans(parent)
+            path = parent / f"specfleet-{os.getpid()}-{time.monotonic_ns()}"
             path.mkdir()
         except (OSError, StopIteration, IndexError):
             return None
@@ -296,3 +299,12 @@ class _PidsCgroup:
                 if time.monotonic() > deadline:
                     return
                 time.sleep(0.05)  # the killed namespace's last processes are still being reaped
+
+
+def _remove_orphans(parent: Path) -> None:
+    """Empty cgroups a killed controller left behind (its pid is in the name)."""
+    for entry in parent.glob("specfleet-*-*"):
+        pid = entry.name.split("-")[1]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            with contextlib.suppress(OSError):
+                entry.rmdir()
