@@ -5,7 +5,9 @@ fake (tests/fixtures/fake_agent.py). The fake agent appends one line per invocat
 ledger file *on the node*, which is the evidence of how many agents really ran.
 
 * the controller (ansible-playbook and its workers) is SIGKILLed at 10 points of a
-  40-spec run and dispatch is run again each time;
+  60-spec run, each placed by an event of the pipeline (agents started, a dead run's job
+  adopted, a spec collected, verified, merged) while it has a job running on a node, and
+  dispatch is run again each time;
 * a node's sshd and sessions are killed mid-run and it comes back later;
 * a node's sshd processes are stopped (SIGSTOP): a hung node;
 * a runner is wedged (SIGSTOP) so its heartbeat stops while its processes live;
@@ -22,9 +24,12 @@ import sqlite3
 import subprocess
 import time
 from collections import Counter
+from functools import partial
 from pathlib import Path
+from typing import IO
 
 import pytest
+import yaml
 
 from tests.conftest import REPO_ROOT, git, make_repo, spec_text
 from tests.integration.conftest import GROUP_VARS, VENV_BIN, controller_env
@@ -47,7 +52,7 @@ def cluster(tmp_path_factory):
 class Site:
     """A controller home with fake CLIs, a node-side ledger and fast failure detection."""
 
-    def __init__(self, cluster: LocalCluster, root: Path, **overrides):
+    def __init__(self, cluster: LocalCluster, root: Path, slots: int | None = None, **overrides):
         self.cluster, self.root = cluster, root
         self.home, self.specs, self.ledger = root / "home", root / "specs", root / "ledger.jsonl"
         (root / "bin").mkdir(parents=True)
@@ -63,6 +68,11 @@ class Site:
             "specfleet_executors": {"claude": {"command": [str(root / "bin" / "claude"), "--print"], "env": env}},
             **overrides}))
         inventory = cluster.write_inventory(root / "inventory" / "hosts.yml", group_vars_dir=GROUP_VARS)
+        if slots is not None:  # this site's nodes offer fewer slots than the cluster's sshd allows
+            data = yaml.safe_load(inventory.read_text())
+            for host in data["all"]["children"]["specfleet_nodes"]["hosts"].values():
+                host["specfleet_slots"] = slots
+            inventory.write_text(yaml.safe_dump(data, sort_keys=False))
         # Keepalives that notice a hung node in ~3 s; masters of their own (trap: an old master
         # keeps the options it was started with).
         self.env = controller_env(self.home, dict(
@@ -84,11 +94,13 @@ class Site:
         self.scenario.write_text(json.dumps(scenario))
         return repo
 
-    def start(self, project: str, *extra: str) -> subprocess.Popen:
+    def start(self, project: str, *extra: str, log: IO | None = None) -> subprocess.Popen:
         # A session of its own, so the whole controller (main process and workers) can be killed.
+        # With ``log`` the output goes there: a controller nobody reads from must not block on a full pipe.
         return subprocess.Popen([str(VENV_BIN / "ansible-playbook"), "dispatch.yml", "-e", f"project={project}",
-                                 "-e", f"@{self.vars}", *extra], cwd=REPO_ROOT, env=self.env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                                 "-e", f"@{self.vars}", *extra], cwd=REPO_ROOT, env=self.env,
+                                stdout=log or subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)
 
     def run(self, project: str, timeout: int = 600) -> tuple[int, str]:
         process = self.start(project)
@@ -185,37 +197,155 @@ def signal_all(procs, sig: int) -> None:
             pass
 
 
+# Where the ten kills land, in this order: the first moment the live controller has done
+# this so many times in its own run, has adopted at least one of the jobs the controller
+# killed before it left running, and has a job running on a node. Read from outside the
+# controller: agents from the node-side ledger, the rest from its events in the state store.
+# Varied so that the kills hit every stage: starting agents, re-attaching to a dead run's
+# jobs, collecting, verifying and merging.
+KILL_POINTS = [("agent started", 1), ("attempt adopted", 1), ("spec collected", 1), ("agent started", 2),
+               ("spec verified", 1), ("merge batch started", 1), ("agent started", 3), ("spec merged", 1),
+               ("spec collected", 2), ("agent started", 1)]
+RUN_EVENTS = {"attempt adopted": ("attempt_adopted", None), "spec collected": ("state", "completed"),
+              "spec verified": ("state", "verified"), "merge batch started": ("batch_started", None),
+              "spec merged": ("state", "merged")}
+
+
+class Controller:
+    """One dispatch controller of ``project``, watched from outside: state store, ledger, run directories."""
+
+    def __init__(self, site: Site, project: str, log: Path, earlier_runs: list[str]):
+        self.site, self.project, self.log = site, project, log
+        with log.open("w") as out:
+            self.process = site.start(project, log=out)
+        self.started = time.monotonic()
+        self.earlier = set(earlier_runs)
+        self.run_id: str | None = None
+
+    def query(self, sql: str, *args) -> list[sqlite3.Row]:
+        db = sqlite3.connect(self.site.home / "state.db", timeout=30)
+        try:
+            db.row_factory = sqlite3.Row
+            return db.execute(sql, args).fetchall()
+        finally:
+            db.close()
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_for(self, what: str, condition, timeout: float = 600):
+        """Poll ``condition`` until it returns something true; fail if the controller ends first."""
+        deadline = time.monotonic() + timeout
+        while not (found := condition()):
+            if self.process.poll() is not None:
+                pytest.fail(f"controller ended (rc {self.process.returncode}) before {what}:\n{self.output()[-3000:]}")
+            assert time.monotonic() < deadline, f"no {what} in {timeout} s"
+            time.sleep(0.05)
+        return found
+
+    def own_run(self) -> str | None:
+        """The run this controller opened (owned by the ansible-playbook process), once it has."""
+        if not (self.site.home / "state.db").exists():  # the first controller has not created it yet
+            return None
+        try:
+            rows = self.query("SELECT id FROM runs WHERE project = ? AND kind = 'dispatch' AND owner_pid = ?",
+                              self.project, self.process.pid)
+        except sqlite3.OperationalError:  # no tables yet
+            return None
+        self.run_id = next((r["id"] for r in rows if r["id"] not in self.earlier), None)
+        return self.run_id
+
+    def done(self, point: str) -> int:
+        """How many times this run has reached ``point`` (see KILL_POINTS)."""
+        if point == "agent started":  # by its own attempts: an agent of an adopted one started earlier
+            text = self.site.ledger.read_text() if self.site.ledger.exists() else ""
+            complete = text.split("\n")[:-1]  # a line being appended right now is left for the next look
+            return sum(1 for line in complete if (r := json.loads(line))["project"] == self.project
+                       and r["run"] == self.run_id)
+        kind, to_state = RUN_EVENTS[point]
+        return len(self.query("SELECT 1 FROM events WHERE run_id = ? AND kind = ? AND to_state IS ?",
+                              self.run_id, kind, to_state))
+
+    def adopted(self, attempts: list[dict]) -> list[dict]:
+        """Those of ``attempts`` (jobs a killed run left running) this run has adopted so far."""
+        rows = {tuple(r) for r in self.query("SELECT task_id, json_extract(detail_json, '$.attempt'),"
+                                             " json_extract(detail_json, '$.adopted_from') FROM events"
+                                             " WHERE kind = 'attempt_adopted' AND run_id = ?", self.run_id)}
+        return [a for a in attempts if (a["task_id"], a["number"], a["job_run"]) in rows]
+
+    def leased(self) -> list[dict]:
+        """Open attempts this run holds a slot for (``job_run``: the run id of its directories on the node)."""
+        return [dict(r) for r in self.query(
+            "SELECT a.id, a.task_id, a.number, a.run_id AS job_run, a.node FROM slot_leases l JOIN attempts a"
+            " ON a.id = l.attempt_id WHERE l.run_id = ? AND a.ended_at IS NULL ORDER BY a.id", self.run_id)]
+
+    def in_flight(self) -> list[dict]:
+        """Leased attempts whose job is running on its node: wrapper alive, no exit code yet."""
+        running = []
+        for attempt in self.leased():
+            run_dir = (self.site.cluster.node(attempt["node"]).work_dir / "runs" / self.project / attempt["task_id"]
+                       / f"{attempt['number']}-{attempt['job_run']}")
+            try:
+                wrapper = int((run_dir / "wrapper_pid").read_text())
+            except (OSError, ValueError):  # not started yet
+                continue
+            if proc_of(wrapper) is not None and not (run_dir / "exit_code").exists():
+                running.append(attempt)
+        return running
+
+    def kill_point(self, point: str, times: int, inherited: list[dict]) -> list[dict]:
+        """The jobs running now if this run is at the kill point (see KILL_POINTS), else nothing."""
+        if self.done(point) < times or (inherited and not self.adopted(inherited)):
+            return []
+        return self.in_flight()
+
+    def run_is_open(self) -> bool:
+        return bool(self.query("SELECT 1 FROM runs WHERE id = ? AND ended_at IS NULL", self.run_id))
+
+
 def test_controller_killed_at_ten_points_resumes_and_runs_every_agent_once(cluster, tmp_path):
     rng = random.Random(SEED)
-    site = Site(cluster, tmp_path)
-    specs = dag("K", 40, rng)
+    # Jobs run on while the controllers restart, and each kill waits for its run to land
+    # work: two slots a node (waves of 6 starts, not 12) and 60 specs leave work to be in
+    # flight at the tenth kill (27 to 44 agents had started by then; 40 specs were not always enough).
+    site = Site(cluster, tmp_path, slots=2)
+    specs = dag("K", 60, rng)
     site.project("killed", specs, writes(specs, rng, 3.0, 8.0))
-    kills, runs, moments = 0, 0, []
-    while True:
-        process = site.start("killed")
-        runs += 1
-        if kills < 10:
-            delay = rng.uniform(3.0, 10.0)
-            try:
-                process.communicate(timeout=delay)
-            except subprocess.TimeoutExpired:
-                kill_controller(process, str(site.vars))
-                kills += 1
-                moments.append((round(delay, 1), sum(site.ran("killed").values())))
-                continue
-        output = process.communicate(timeout=600)[0]
-        if process.returncode == 0 or runs > 40:
+    runs: list[str] = []
+    kills: list[dict] = []
+    for point, times in KILL_POINTS:
+        controller = Controller(site, "killed", tmp_path / f"controller-{len(runs) + 1}.log", runs)
+        runs.append(controller.wait_for("a run of its own", controller.own_run))
+        inherited = kills[-1]["flight"] if kills else []
+        flight = controller.wait_for(f"{point} x{times}, a job of the last killed run adopted and a job running",
+                                     partial(controller.kill_point, point, times, inherited))
+        testing = controller.query("SELECT b.id FROM batches b JOIN events e ON e.kind = 'batch_started' AND"
+                                   " e.run_id = ? AND json_extract(e.detail_json, '$.batch') = b.id"
+                                   " WHERE b.status = 'testing'", controller.run_id)
+        kill_controller(controller.process, str(site.vars))
+        # It was live when killed: its run was never ended, and the jobs seen running just
+        # before are still leased to it (nothing of theirs was collected meanwhile).
+        assert controller.run_is_open(), controller.output()[-3000:]
+        leased = {a["id"] for a in controller.leased()}
+        flight = [a for a in flight if a["id"] in leased]
+        assert flight, (point, times, controller.output()[-3000:])
+        kills.append({"point": f"{point} x{times}", "run": controller.run_id, "flight": flight,
+                      "after_s": round(time.monotonic() - controller.started, 1),
+                      "agents": sum(site.ran("killed").values()), "batch_testing": bool(testing)})
+    for _completion in range(3):  # as before: dispatch again until a run ends with everything merged
+        controller = Controller(site, "killed", tmp_path / f"controller-{len(runs) + 1}.log", runs)
+        code = controller.process.wait(timeout=600)
+        runs.append(controller.own_run())
+        if code == 0:
             break
-    print(f"fault seed {SEED}: {runs} runs, {kills} kills at (seconds, agents so far) {moments}")
-    assert kills == 10, output[-3000:]
-    assert process.returncode == 0, output[-4000:]
+    assert code == 0, controller.output()[-4000:]
     assert site.states("killed") == {t: "merged" for t in specs}
     # Node-side evidence: exactly one agent per spec, and it is the attempt that succeeded.
     # (An attempt whose job the killed controller never launched is settled as missing and
     # the spec gets a new attempt: its number grows, but no agent ran for the old one.)
     ran = site.ran("killed")
     assert set(ran.values()) == {1}, [k for k, n in ran.items() if n > 1]
-    assert sorted(Counter(task for task, _attempt, _run in ran).values()) == [1] * 40
+    assert sorted(Counter(task for task, _attempt, _run in ran).values()) == [1] * len(specs)
     db = site.db()
     succeeded = {(r["task_id"], str(r["number"]), r["run_id"]) for r in db.execute(
         "SELECT task_id, number, run_id FROM attempts WHERE project = 'killed' AND outcome = 'succeeded'")}
@@ -224,11 +354,32 @@ def test_controller_killed_at_ten_points_resumes_and_runs_every_agent_once(clust
     assert [tuple(r) for r in others] in ([], [("lost", "infra")])
     assert db.execute("SELECT SUM(attempts_used) FROM specs").fetchone()[0] == 0
     assert site.held() == {"slot_leases": 0, "path_locks": 0, "leftovers": 0}
-    # The dead runs were noticed and their jobs adopted by the runs after them.
+    # Every killed run was noticed as dead, and the jobs it had running were adopted, not
+    # started again, and succeeded: some by the next run (for a killed one a condition of its
+    # kill), the rest by a later one (the next run may be killed before it adopts them all:
+    # one whose job has finished waits for a free slot on its node behind new starts).
     lost = site.events("run_lost")
-    assert 1 <= len(lost) <= kills and all("owner process is gone" in e["detail"]["why"] for e in lost)
-    adopted = site.events("attempt_adopted")
-    assert adopted and all(e["detail"]["adopted_from"] != e["run_id"] for e in adopted)
+    assert sorted(e["run_id"] for e in lost) == sorted(k["run"] for k in kills)
+    assert all("owner process is gone" in e["detail"]["why"] for e in lost)
+    adoptions = Counter()
+    for e in site.events("attempt_adopted"):
+        assert e["detail"]["adopted_from"] != e["run_id"]
+        adoptions[(e["task_id"], e["detail"]["attempt"], e["detail"]["adopted_from"], e["run_id"])] += 1
+    for index, kill in enumerate(kills):
+        later, kill["adopted_next"] = runs[index + 1:], 0
+        for attempt in kill["flight"]:
+            by = {run for (task, number, job_run, run) in adoptions  # (the killed run may have adopted it too)
+                  if (task, number, job_run) == (attempt["task_id"], attempt["number"], attempt["job_run"])}
+            assert by & set(later), (kill["point"], attempt, by)
+            row = db.execute("SELECT outcome, adopted_by FROM attempts WHERE id = ?", (attempt["id"],)).fetchone()
+            assert row["outcome"] == "succeeded" and row["adopted_by"] in later, (kill["point"], attempt, dict(row))
+            kill["adopted_next"] += runs[index + 1] in by
+        assert kill["adopted_next"] >= 1, kill
+    print(f"fault seed {SEED}: {len(runs)} runs; kills (point: seconds into the run, agents so far, jobs running,"
+          " how many of them the next run adopted, a merge batch testing):")
+    for kill in kills:
+        print(f"  {kill['point']}: {kill['after_s']} s, {kill['agents']} agents, {len(kill['flight'])} running,"
+              f" {kill['adopted_next']} adopted next, batch testing {kill['batch_testing']}")
 
 
 def test_a_node_cut_off_mid_run_and_back_is_quarantined_harvested_and_readmitted(cluster, tmp_path):
