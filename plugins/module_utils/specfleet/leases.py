@@ -308,19 +308,25 @@ class LeaseBook:
                 leftovers.setdefault(row["task_id"], []).append(row)
             reserved = LockIndex()  # paths of ready specs held back by a lock: owner task id
             unavailable = self._unavailable(db, stamp)
+            # Work a dead run left comes first: re-attaching to it (or harvesting it) starts no
+            # agent and ends the locks it still holds, which the others may be waiting for.
+            ready.sort(key=lambda t: not any(x["node"] not in unavailable for x in leftovers.get(t, [])))
             for task_id in ready:
                 if limit is not None and len(result.granted) >= limit:
                     result.waiting[task_id] = "pass limit reached"
                     continue
                 row = rows[task_id]
                 modifies = json.loads(row["modifies_json"])
-                conflict = _first_conflict(modifies, held, reserved, (task_id, project))
+                adoptable = [x for x in leftovers.get(task_id, []) if x["node"] not in unavailable]
+                # A spec re-attaching to its leftover already holds its locks: a reservation by a
+                # spec waiting for those very locks must not hold it back (that waited for the
+                # leftover's locks to expire, minutes).
+                conflict = _first_conflict(modifies, held, LockIndex() if adoptable else reserved, (task_id, project))
                 if conflict:
                     result.waiting[task_id] = conflict
                     for path in modifies:
                         reserved.add(path, task_id)
                     continue
-                adoptable = [x for x in leftovers.get(task_id, []) if x["node"] not in unavailable]
                 if adoptable:
                     left = adoptable[0]
                     if left["status"] in OCCUPYING and left["until"] > stamp:
