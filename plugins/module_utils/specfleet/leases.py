@@ -19,7 +19,9 @@ project on the controller, and nothing is counted only in memory:
   but the job is recorded as a *leftover* that keeps holding its slot and path locks
   (the job may still be running there). The next grant of that spec *adopts* the
   leftover instead of starting a second agent: same node, same attempt, same run
-  directory, so the pipeline re-attaches to it or harvests its result. A leftover
+  directory, so the pipeline re-attaches to it or harvests its result. Specs with a
+  leftover to adopt come first in a grant pass and are not held back by reservations
+  (they already hold their locks; others may be waiting for exactly those). A leftover
   whose spec moved on (it ran elsewhere while the node was cut off) is resolved by
   :meth:`LeaseBook.settle_leftover` when its node answers again. Whatever happens, a
   leftover stops holding its slot and locks when its job's timeout has certainly
