@@ -131,6 +131,12 @@ def _with_marker(marker: str) -> list[str]:
     return found
 
 
+@pytest.mark.parametrize("sandboxed", [True, False], ids=["sandboxed", "opt-out"])
+def test_a_command_that_closes_its_output_and_lives_on_still_times_out(clone, sandboxed):
+    result = sandbox.run("exec >&- 2>&-; sleep 120", clone, Bounds(seconds=2), sandboxed=sandboxed)
+    assert result.summary == "timed out", result
+
+
 def test_the_opt_out_keeps_the_bare_environment(clone, monkeypatch):
     monkeypatch.setenv("SPECFLEET_TEST_TOKEN", "canary-token-5678")
     monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}:{os.environ['PATH']}")

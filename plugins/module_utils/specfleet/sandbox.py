@@ -252,6 +252,11 @@ def _read(process: subprocess.Popen, bounds: Bounds) -> tuple[bytes, str | None]
         if total > bounds.output_bytes:
             stopped = f"output over {bounds.output_bytes >> 20} MiB"
             break
+    if not stopped:
+        try:  # the output ended; a command that closed it and lives on still has only its time
+            process.wait(timeout=max(deadline - time.monotonic(), 0.01))
+        except subprocess.TimeoutExpired:
+            stopped = "timed out"
     if stopped:
         kill_group(process.pid, grace=5)
     process.stdout.close()
