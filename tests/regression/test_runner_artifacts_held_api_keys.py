@@ -28,6 +28,7 @@ PLAYBOOK = """\
           - lookup('ansible.builtin.env', 'ANTHROPIC_API_KEY') | hash('sha256') == anthropic_sha
           - lookup('ansible.builtin.env', 'SPECFLEET_TEST_TOKEN') | hash('sha256') == token_sha
           - ansible_env.ANTHROPIC_API_KEY | hash('sha256') == anthropic_sha
+          - lookup('ansible.builtin.env', 'ZAI_AUTH') | hash('sha256') == zai_sha
     - name: A task that shows them
       ansible.builtin.command: echo {{ lookup('ansible.builtin.env', 'ANTHROPIC_API_KEY') }}
       changed_when: false
@@ -48,7 +49,9 @@ def home(tmp_path, monkeypatch):
 
 def test_keys_reach_the_playbook_but_no_file_under_the_runner_directory(home, tmp_path, monkeypatch):
     canaries = {"ANTHROPIC_API_KEY": f"canary-{secrets.token_hex(12)}",
-                "SPECFLEET_TEST_TOKEN": f"canary-{secrets.token_hex(12)}"}
+                "SPECFLEET_TEST_TOKEN": f"canary-{secrets.token_hex(12)}",
+                # A key under a name no pattern catches (a custom executor's): it must not be recorded either.
+                "ZAI_AUTH": f"canary-{secrets.token_hex(12)}"}
     for name, value in canaries.items():
         monkeypatch.setenv(name, value)
     book = tmp_path / "show-keys.yml"
@@ -56,7 +59,7 @@ def test_keys_reach_the_playbook_but_no_file_under_the_runner_directory(home, tm
     sha = {name: hashlib.sha256(value.encode()).hexdigest() for name, value in canaries.items()}
 
     rc = playbook.run("validate", book, {"anthropic_sha": sha["ANTHROPIC_API_KEY"],
-                                       "token_sha": sha["SPECFLEET_TEST_TOKEN"]})
+                                       "token_sha": sha["SPECFLEET_TEST_TOKEN"], "zai_sha": sha["ZAI_AUTH"]})
 
     (run,) = (home / "runner" / "artifacts").iterdir()
     stdout = (run / "stdout").read_text()

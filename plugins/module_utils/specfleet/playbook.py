@@ -63,6 +63,18 @@ def declared_secret_names(path: Path = EXECUTORS_FILE) -> frozenset[str]:
     return frozenset(names)
 
 
+# Variables ansible-runner may record in ``artifacts/<ident>/command``: they say where and
+# how things run, never what unlocks them. Every other variable (an executor's key whose
+# name no pattern catches, say) reaches ansible-playbook through the pipe as well.
+RECORDABLE = re.compile(r"(PATH|HOME|USER|LOGNAME|SHELL|LANG|LC_[A-Z]+|TERM|TZ|TMPDIR|PWD|SHLVL|VIRTUAL_ENV"
+                        r"|PYTHONPATH|SSH_AUTH_SOCK|ANSIBLE_[A-Z0-9_]+|SPECFLEET_[A-Z0-9_]+)\Z")
+
+
+def recordable(name: str, declared: frozenset[str] = frozenset()) -> bool:
+    """May ansible-runner write this variable's value to disk?"""
+    return RECORDABLE.match(name) is not None and not is_secret(name, declared)
+
+
 def is_secret(name: str, declared: frozenset[str] = frozenset()) -> bool:
     """The one definition of a secret variable (environment or extra var): its name ends in
     KEY, TOKEN, SECRET, PASSWORD, PASSWD or CREDENTIAL(S), or an executor declares it."""
@@ -374,6 +386,7 @@ def run(command: str, playbook: Path, extravars: dict[str, Any], limit: str | No
     declared = declared_secret_names()
     secrets = {k: v for k, v in os.environ.items() if is_secret(k, declared)}
     redactor = Redactor(secrets)
+    hidden = {k: v for k, v in os.environ.items() if not recordable(k, declared)}
     # ansible-runner puts its own callback directory in ANSIBLE_CALLBACK_PLUGINS, which would hide
     # ansible.cfg's: name ours here and the runner appends its own after it.
     env = {"PATH": f"{bindir}:{os.environ.get('PATH', '/usr/bin:/bin')}", "ANSIBLE_FORCE_COLOR": "0",
@@ -390,7 +403,7 @@ def run(command: str, playbook: Path, extravars: dict[str, Any], limit: str | No
         argv += ["-i", str(Path(inventory).expanduser().resolve())]
     if check:
         argv.append("--check")
-    pipe = SecretPipe(secrets)
+    pipe = SecretPipe(hidden)
     env["SPECFLEET_SECRETS_FIFO"] = pipe.path
     lock = RunnerLock(root)
     interrupt = Interrupt()
@@ -400,7 +413,7 @@ def run(command: str, playbook: Path, extravars: dict[str, Any], limit: str | No
             os.utime(artifacts)
         return interrupt.cancel()
 
-    saved = {name: os.environ.pop(name) for name in secrets}  # ansible-runner copies os.environ
+    saved = {name: os.environ.pop(name) for name in hidden}  # ansible-runner copies os.environ
     old_path = os.environ.get("PATH", "")
     os.environ["PATH"] = env["PATH"]
     interrupt.install()
