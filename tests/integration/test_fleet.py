@@ -115,7 +115,8 @@ def test_a_bad_inventory_stops_bootstrap_before_any_node_is_touched(cluster, fle
 def test_health_takes_nodes_out_and_puts_them_back(cluster, fleet, tmp_path):
     bin_dir = fake_clis(tmp_path / "bin", fakeclaude="2.0.5")
     args = ("-e", extra_vars(tmp_path, bin_dir, ["fakeclaude"]))
-    assert fleet.playbook("bootstrap.yml", *args).returncode == 0
+    boot = fleet.playbook("bootstrap.yml", *args)
+    assert boot.returncode == 0, boot.output[-3000:]
     healthy = fleet.playbook("playbooks/health.yml", *args)
     assert healthy.returncode == 0, healthy.output[-3000:]
     table = healthy.output[healthy.output.index("NODE "):].splitlines()
