@@ -16,8 +16,6 @@ import pytest
 from specfleet import sandbox
 from specfleet.sandbox import Bounds
 
-pytestmark = pytest.mark.skipif(not sandbox.shutil.which("bwrap"), reason="setup.sh installs bubblewrap")
-
 
 @pytest.fixture
 def clone(tmp_path):
