@@ -43,6 +43,7 @@ import select
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -175,12 +176,15 @@ def _probe() -> str | None:
            "from agents runs as this user with its files and network (-e specfleet_unsafe_controller_verify=true)")
     if not shutil.which("bwrap"):
         return "bubblewrap is not installed on the controller: apt-get install bubblewrap (scripts/setup.sh does)" + fix
-    probe = Path(os.environ.get("TMPDIR") or "/tmp")
+    # An empty folder of its own: whatever else is in /tmp (a stray .git) is no business of the probe.
+    probe = Path(tempfile.mkdtemp(prefix="specfleet-sandbox-probe-"))
     try:
         result = subprocess.run(bwrap_argv(probe, False, environment()) + ["true"], capture_output=True, text=True,
                                 timeout=30, stdin=subprocess.DEVNULL)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"bwrap could not run: {exc}" + fix
+    finally:
+        probe.rmdir()
     if result.returncode != 0:
         return (f"bwrap cannot build a sandbox here ({result.stderr.strip()[-300:]}): enable unprivileged user "
                 "namespaces (sysctl user.max_user_namespaces=10000; kernel.unprivileged_userns_clone=1 on kernels "
