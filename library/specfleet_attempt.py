@@ -76,6 +76,12 @@ options:
     description: Text about the node for the prompt's environment layer (C(specfleet_node_environment)).
     type: str
     default: ""
+  agent_user:
+    description:
+      - The unprivileged user the agent and the verify command run as (C(specfleet_agent_user)).
+      - A runner that logs in as root switches to it; agents never run as root.
+    type: str
+    default: specfleet
   prompt_budget:
     description: Largest prompt in characters; context layers shrink in a fixed order to fit, the spec never does.
     type: int

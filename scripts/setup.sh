@@ -15,7 +15,12 @@ sudo=""
 # machine) and in the controller's sandbox (never specfleet's venv).
 # bubblewrap: the controller runs verify and the project's tests (code agents wrote) in its sandbox.
 # cron, logrotate: the scheduling role (playbooks/schedule.yml) writes cron entries and a logrotate config.
-packages=(git openssh-client openssh-server python3 python3-venv python3-pytest sqlite3 cron logrotate bubblewrap)
+# acl: the local cluster's nodes log in as root and run agents as an unprivileged user, which
+# bootstrap lets pass the folders above each node's work root with an ACL entry.
+packages=(git openssh-client openssh-server python3 python3-venv python3-pytest sqlite3 cron logrotate bubblewrap acl)
+# Node.js runs the npm agent CLIs the local cluster's nodes (this machine) use; Debian's nodejs
+# comes without npm, NodeSource's includes it.
+command -v npm >/dev/null 2>&1 || packages+=(nodejs npm)
 # --dev: the report's browser test renders the HTML in headless Chromium.
 [ "$dev" -eq 1 ] && packages+=(chromium fonts-dejavu-core)
 missing=()
@@ -27,6 +32,14 @@ if [ "${#missing[@]}" -gt 0 ]; then
     # A third-party source that is unreachable must not stop the Debian packages.
     $sudo apt-get update -qq || echo "setup: apt-get update reported errors; continuing with what it fetched" >&2
     $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The local cluster's agent user (inventory/local: specfleet_agent_user). Agents never run as
+# root; a node logged in as root runs them as this user. No login, no home of its own (each
+# attempt gives it a private HOME).
+if ! id -u specfleet-agent >/dev/null 2>&1; then
+    $sudo useradd --system --user-group --shell /usr/sbin/nologin --home-dir /nonexistent --no-create-home \
+        specfleet-agent
 fi
 
 if [ ! -x .venv/bin/python ]; then
@@ -43,4 +56,13 @@ fi
 printf '#!/bin/sh\nPYTHONPATH="%s/plugins/module_utils${PYTHONPATH:+:$PYTHONPATH}" exec "%s/.venv/bin/python" -m specfleet.cli "$@"\n' \
     "$PWD" "$PWD" > .venv/bin/specfleet
 chmod 0755 .venv/bin/specfleet
+# The pinned agent CLIs (inventory/shared/executors.yml), installed as bootstrap installs them
+# on a node: the local cluster's nodes are this machine. Only root may install them there.
+if [ "$(id -u)" -eq 0 ]; then
+    echo "setup: installing the pinned agent CLIs (playbooks/agent_clis.yml)"
+    ANSIBLE_NOCOLOR=1 .venv/bin/ansible-playbook playbooks/agent_clis.yml >/tmp/specfleet-agent-clis.log 2>&1 || {
+        cat /tmp/specfleet-agent-clis.log >&2; exit 1; }
+else
+    echo "setup: not root: install the agent CLIs yourself (see README, Agent CLIs) or run bootstrap.yml" >&2
+fi
 echo "setup: ready ($(.venv/bin/ansible --version | sed -n 1p))"

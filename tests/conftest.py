@@ -16,6 +16,37 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from tests.chat_server import chat  # noqa: E402, F401 (a fixture: a chat-completions server on loopback)
 
+AGENT_USER = "specfleet-agent"   # inventory/local: the user agents run as on nodes that log in as root
+
+
+def passable(path: Path) -> None:
+    """Let the agent user pass ``path`` and the test folders above it (search only, never list).
+
+    The local cluster's nodes log in as root, so the runner runs agents and verify as the
+    unprivileged agent user, which must reach the workspaces, fake CLIs and scenario files
+    the tests keep in pytest's private (0700) temporary folders.
+    """
+    for folder in (path, *path.parents):
+        if folder == Path("/tmp") or folder == folder.parent:
+            break
+        mode = folder.stat().st_mode
+        if not mode & 0o001:
+            folder.chmod((mode & 0o7777) | 0o001)
+
+
+def pytest_configure(config):
+    if os.geteuid() != 0:
+        return
+    original = pytest.TempPathFactory.mktemp
+
+    def mktemp(self, basename: str, numbered: bool = True) -> Path:
+        path = original(self, basename, numbered)
+        passable(path)
+        return path
+
+    pytest.TempPathFactory.mktemp = mktemp
+
+
 GIT_ENV = {"GIT_AUTHOR_NAME": "specfleet tests", "GIT_AUTHOR_EMAIL": "tests@specfleet.invalid",
            "GIT_COMMITTER_NAME": "specfleet tests", "GIT_COMMITTER_EMAIL": "tests@specfleet.invalid"}
 

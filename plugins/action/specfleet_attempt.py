@@ -41,6 +41,7 @@ ARGUMENT_SPEC = {
     "artifacts": {"type": "path"},
     "executors": {"type": "raw"},
     "node_environment": {"type": "str", "default": ""},
+    "agent_user": {"type": "str", "default": "specfleet"},
     "prompt_budget": {"type": "int", "default": 60000},
     "python": {"type": "str", "default": "python3"},
     "executor": {"type": "str"},
@@ -116,6 +117,7 @@ class ActionModule(ActionBase):
             db=args["db"], specs_root=args["specs_root"], project=args["project"], task_id=args["task_id"],
             attempt=args["attempt"], run_id=args["run_id"], node=args["node"], root=args["root"], home=home,
             executors=self._executors(args), lookup=self._lookup, node_environment=args["node_environment"],
+            agent_user=args["agent_user"],
             budget=args["prompt_budget"], executor=args["executor"])
         on_node = workspace.on_node(run, home)
         mirror_on_node = prepared.job["mirror"]

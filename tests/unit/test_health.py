@@ -7,6 +7,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from specfleet.attempt import RUNNER_FILES
 from specfleet import health
 from specfleet.runner import runner_version
 from tests.conftest import REPO_ROOT
@@ -18,7 +19,7 @@ def work_root(tmp_path: Path) -> tuple[Path, Path]:
     """A bootstrapped work root and a bin folder with two CLIs (one broken)."""
     root = tmp_path / "work"
     (root / "runner").mkdir(parents=True)
-    for name in ("runner.py", "paths.py"):
+    for name in RUNNER_FILES:
         shutil.copy(CORE / name, root / "runner" / name)
     (root / "node-info.json").write_text('{"clis": {"claude": "2.0.1"}}\n')
     bin_dir = tmp_path / "bin"

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from specfleet import executors, prompt, runner, workspace
-from tests.conftest import REPO_ROOT, git, make_repo
+from tests.conftest import AGENT_USER, REPO_ROOT, git, make_repo
 
 FAKE = REPO_ROOT / "tests" / "fixtures" / "fake_agent.py"
 RUNNER = REPO_ROOT / "plugins" / "module_utils" / "specfleet" / "runner.py"
@@ -88,12 +88,20 @@ def test_empty_diff_and_a_verify_that_ran_nothing_fail(repo):
     assert not gates["diff"]["ok"] and not gates["tests_ran"]["ok"]
 
 
-def test_rate_limit_is_read_from_the_tail_only():
-    claude = runner.Executor("claude")
-    assert claude.rate_limited("API Error: 429 Too Many Requests")
-    assert not claude.rate_limited("the authentication token module now checks capacity")
-    custom = runner.Executor("x", rate_limit_patterns=["slow down"])
-    assert custom.rate_limited("please SLOW DOWN") and not custom.rate_limited("429")
+@pytest.mark.parametrize("output,patterns,limited", [
+    ("API Error: 429 Too Many Requests", (), True),
+    ('Error: {"type":"error","error":{"type":"rate_limit_error","message":"slow"}}', (), True),
+    ("ERROR litellm.RateLimitError: RateLimitError: OpenAIException - Rate limit reached", (), True),
+    ("[API Error: status 429 RESOURCE_EXHAUSTED]", (), True),
+    # Not a rate limit: a 429 in a file path of a warning, prose about rate limiting, a token module.
+    ("warning: skipping /tmp/build-429/cache.json", (), False),
+    ("Added a rate limiter to api/limits.py; all 12 tests pass", (), False),
+    ("the authentication token module now checks capacity", (), False),
+    ("error: please SLOW DOWN", ["slow down"], True),
+    ("error: 429", ["slow down"], False),
+])
+def test_a_rate_limit_is_read_from_error_lines_only(output, patterns, limited):
+    assert bool(runner.Executor("x", rate_limit_patterns=list(patterns)).rate_limit_line(output)) is limited
 
 
 def test_prompt_placement_follows_the_cli():
@@ -273,7 +281,7 @@ def make_run(tmp_path: Path, repo: Path, calls: list[dict], executor_timeout: in
     (run / "job.json").write_text(json.dumps({
         "project": "p", "task_id": "S01", "attempt": 1, "run_id": "r1", "mirror": str(mirror),
         "workspace": str(tmp_path / "ws"), "branch": "specfleet/p/S01", "base": base,
-        "verify": f"{sys.executable} -m pytest -q", "retries": 0, "modifies": ["app.py"],
+        "verify": "python3 -m pytest -q", "retries": 0, "modifies": ["app.py"], "agent_user": AGENT_USER,
         "executors": [{"name": "claude", "command": [str(bin_dir / "claude"), "-p"], "timeout_s": executor_timeout,
                        "env": {"FAKE_AGENT_SCENARIO": str(scenario)}, "secret_env": ["TOKEN"]}]}))
     (run / "secrets.json").write_text(json.dumps({"claude": {"TOKEN": "tok-secret-value"}}))
@@ -416,7 +424,7 @@ def test_the_controller_leaves_to_the_node_only_the_keys_bootstrap_recorded_ther
 
 
 def test_the_runner_version_is_a_fingerprint_of_its_files(tmp_path):
-    for name in ("runner.py", "paths.py"):
+    for name in runner.FILES:
         (tmp_path / name).write_bytes((RUNNER.parent / name).read_bytes())
     same = subprocess.run([sys.executable, str(tmp_path / "runner.py"), "version"], capture_output=True, text=True)
     assert same.stdout.strip() == runner.runner_version() and len(runner.runner_version()) == 12

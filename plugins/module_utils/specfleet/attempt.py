@@ -27,11 +27,12 @@ from .controller import REPO_ROOT, resolve_db, resolve_specs_root
 from .durations import parse_duration
 from .leases import LeaseBook
 from .project import ProjectConfig, load_project
+from .runner import FILES as RUNNER_FILES
 from .runner import Redactor
+from .runner import sum_usage as runner_sum_usage
 from .spec import parse_sections
 from .store import Store
 
-RUNNER_FILES = ("runner.py", "paths.py")
 # The run directory's files brought back (an ERE, also used by grep on the node).
 ARTIFACT_NAMES = (r"^(status\.json|job\.json|prompt\.md|changes\.patch|result\.bundle|output\.log|heartbeat"
                   r"|round-[0-9]+\.(prompt\.md|verify\.log|gates\.json|agent\.[A-Za-z0-9_.-]+\.log))$")
@@ -121,7 +122,7 @@ def _memory(store: Store, project: str, task_id: str) -> list[str]:
 def prepare(*, db: str | None, specs_root: str | None, project: str, task_id: str, attempt: int, run_id: str,
             node: str, root: str, home: str, executors: Any, lookup: Callable[[str], Any],
             node_environment: str = "", budget: int = prompt_builder.DEFAULT_BUDGET,
-            identity: dict | None = None, executor: str | None = None) -> Prepared:
+            identity: dict | None = None, executor: str | None = None, agent_user: str | None = None) -> Prepared:
     """Everything the node needs for one attempt; ``executor`` overrides the spec's for this run."""
     config = load_config(project, specs_root)
     with Store(resolve_db(db)) as store:
@@ -181,6 +182,7 @@ def prepare(*, db: str | None, specs_root: str | None, project: str, task_id: st
         "require_tests": bool(config.require_tests), "executors": chain, "attempt_timeout_s": row.timeout_s,
         "credentials_file": node_facts.get("credentials_file") or workspace.on_node(f"{root}/credentials.env", home),
         "identity": identity or {"name": "specfleet", "email": "specfleet@localhost"},
+        "agent_user": agent_user,
     }
     if remote:
         job["remote_url"] = config.repository
@@ -242,7 +244,11 @@ def collect(*, db: str | None, specs_root: str | None, project: str, task_id: st
     outcome: dict[str, Any] = {"ok": False, "state": status.get("state"), "phase": status.get("phase"),
                                "executor": executor, "rounds": len(rounds), "artifacts": str(folder),
                                "branch": branch, "commit": status.get("commit"),
-                               "files_changed": status.get("files_changed", [])}
+                               "files_changed": status.get("files_changed", []),
+                               "usage": status.get("usage") if isinstance(status.get("usage"), dict) else
+                               runner_sum_usage(rounds if isinstance(rounds, list) else []),
+                               "tries": [dict(t, round=r.get("round")) for r in rounds if isinstance(r, dict)
+                                         for t in (r.get("tries") or []) if isinstance(t, dict)]}
     if not status.get("final"):
         outcome["msg"] = (f"the runner's status is not final (state {status.get('state')}, phase "
                           f"{status.get('phase')}): the attempt did not finish cleanly")
@@ -268,7 +274,8 @@ def collect(*, db: str | None, specs_root: str | None, project: str, task_id: st
         store.record_attempt(project, task_id, attempt, executor=executor, branch=branch if outcome["ok"] else None,
                              commit_sha=status.get("commit") if outcome["ok"] else None, rounds=len(rounds),
                              artifacts=str(folder),
-                             result={k: outcome[k] for k in ("ok", "state", "phase", "msg", "files_changed")})
+                             result={k: outcome[k] for k in ("ok", "state", "phase", "msg", "files_changed")},
+                             usage=outcome["usage"], tries=outcome["tries"])
         if not outcome["ok"] and not outcome.get("infrastructure"):  # the node's fault teaches the spec nothing
             store.add_lesson(project, task_id, attempt, "failure", _lesson(outcome["msg"], rounds))
         if leftover:

@@ -2,7 +2,7 @@
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """The node side of one attempt: workspace, agent rounds, verify, gates, commit, bundle.
 
-The controller copies this file and ``paths.py`` into the attempt's run directory with
+The controller copies this file, ``agents.py`` and ``paths.py`` into the attempt's run directory with
 ``job.json`` (everything the attempt needs, no secrets), ``prompt.md`` and, when an
 executor needs keys, ``secrets.json`` (read once and deleted). The job wrapper of
 ``jobs.py`` runs ``python3 runner.py run <run dir>`` detached from SSH; this module only
@@ -43,21 +43,20 @@ import traceback
 from dataclasses import dataclass, field
 
 try:  # inside the controller's package
+    from . import agents
     from .paths import covers
 except ImportError:  # copied next to this file on a node
+    import agents  # type: ignore[no-redef]
     from paths import covers  # type: ignore[no-redef]
 
+# The files an attempt ships to the node (this module imports only these and the stdlib).
+FILES = ("runner.py", "paths.py", "agents.py")
 KILL_GRACE_S = 10
 HEARTBEAT_S = 10
 TAIL_LINES = 40
 TAIL_BYTES = 8192
 FEEDBACK_BYTES = 6000
 
-# Defaults a project can extend; see README "Gates".
-DEFAULT_RATE_LIMIT_PATTERNS = (
-    r"\b429\b", r"rate[ _-]?limit", r"too many requests", r"overloaded", r"quota (?:exceeded|exhausted)",
-    r"usage limit", r"resource[ _]exhausted", r"try again (?:later|in \d+)",
-)
 STUB_PATTERNS = (
     (re.compile(r"\b(?:TODO|FIXME|XXX)\b"), "TODO/FIXME/XXX marker"),
     (re.compile(r"placeholder(?!\s*[=:]|[\"']\s*[=:])", re.I), "placeholder"),
@@ -130,33 +129,77 @@ class Redactor:
 
 @dataclass
 class Executor:
+    """One executor of the chain as the controller shipped it (see executors.runner_chain)."""
     name: str
     kind: str = "cli"                         # cli | replay
+    cli: str = "custom"                       # the dialect: claude, codex, opencode, gemini, aider, custom
     command: list = field(default_factory=list)
-    prompt: str = "stdin"                     # stdin | argument | file
+    prompt: str = "stdin"                     # stdin | argument | file (custom executors)
+    model: str | None = None
+    base_url: str | None = None
+    api: str | None = None
+    key_env: str | None = None
+    max_retries: int = 2
+    args: list = field(default_factory=list)
     env: dict = field(default_factory=dict)
     secret_env: list = field(default_factory=list)
     rate_limit_patterns: list = field(default_factory=list)
+    rate_limit_grace_s: float = 45.0          # a run still going this long after a rate-limit line is stopped
     backoff_s: float = 30.0
     timeout_s: int = 3600
+    prices: dict = field(default_factory=dict)  # USD per million tokens: {"input": x, "output": y}
 
     @classmethod
     def from_dict(cls, data: dict) -> Executor:
         known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
         return cls(**known)
 
+    @property
+    def dialect(self) -> agents.Dialect:
+        return agents.dialect(self.cli)
+
+    @property
+    def settings(self) -> dict:
+        return {"cli": self.cli, "model": self.model, "base_url": self.base_url, "api": self.api,
+                "key_env": self.key_env, "max_retries": self.max_retries, "args": list(self.args),
+                "command": list(self.command), "prompt": self.prompt}
+
+    @property
+    def prompt_mode(self) -> str:
+        return self.prompt if self.cli == "custom" else self.dialect.prompt
+
     def argv(self, prompt_text: str, prompt_file: str) -> list[str]:
         """The command with the prompt placed as the CLI documents it."""
-        args = [str(a).replace("{prompt_file}", prompt_file) for a in self.command]
-        if self.prompt == "argument" and "{prompt}" not in " ".join(args):
-            args.append(prompt_text)
-        elif self.prompt == "file" and prompt_file not in args:
-            args.append(prompt_file)
-        return [a.replace("{prompt}", prompt_text) for a in args]
+        return self.dialect.argv(self.settings, prompt_text, prompt_file)
 
-    def rate_limited(self, output_tail: str) -> bool:
-        patterns = list(self.rate_limit_patterns) or list(DEFAULT_RATE_LIMIT_PATTERNS)
-        return any(re.search(p, output_tail, re.I) for p in patterns)
+    def rate_limit_line(self, output: str) -> str | None:
+        return agents.rate_limit_line(output, self.rate_limit_patterns)
+
+    def read(self, output: str, rc: int, timed_out: bool) -> dict:
+        """What the CLI said: usage (cost from the inventory's prices when the CLI gives none), rate limit, error."""
+        try:
+            said = self.dialect.read(output, rc, timed_out)
+        except Exception as exc:  # a CLI changed its output: say so, never lose the round over it
+            said = {"usage": None, "rate_limited": False, "error": f"could not read {self.cli}'s output: {exc!r}"}
+        line = None if said.get("rate_limited") else self.rate_limit_line(tail(output, 80, 32768))
+        # A custom CLI that ended well has no rate limit to report, whatever its log mentions.
+        if line and (rc != 0 or timed_out or self.cli != "custom"):
+            said["rate_limited"] = True
+            said["error"] = said.get("error") or line
+        spent = said.get("usage") or None
+        if spent is not None:
+            spent = dict(spent)
+            spent.setdefault("model", self.model)
+            if spent.get("model") is None:
+                spent["model"] = self.model
+            if spent.get("cost_usd") is None and self.prices and spent.get("input_tokens") is not None:
+                spent["cost_usd"] = round(
+                    (float(spent.get("input_tokens") or 0) * float(self.prices.get("input", 0))
+                     + float(spent.get("output_tokens") or 0) * float(self.prices.get("output", 0))) / 1e6, 6)
+            spent["cost_source"] = "cli" if (said.get("usage") or {}).get("cost_usd") is not None else (
+                "prices" if spent.get("cost_usd") is not None else None)
+        said["usage"] = spent
+        return said
 
 
 # -- diff analysis (also used by tests and, later, by the controller's verify stage) ------
@@ -285,11 +328,11 @@ def read_credentials(path: str) -> dict[str, str]:
 
 
 def runner_version(folder: str | None = None) -> str:
-    """A fingerprint of the runner's files (this file and paths.py): equal files, equal version."""
+    """A fingerprint of the runner's files (:data:`FILES`): equal files, equal version."""
     import hashlib
     folder = folder or os.path.dirname(os.path.abspath(__file__))
     digest = hashlib.sha256()
-    for name in ("runner.py", "paths.py"):
+    for name in FILES:
         with open(os.path.join(folder, name), "rb") as handle:
             digest.update(handle.read())
     return digest.hexdigest()[:12]
@@ -314,6 +357,7 @@ class Attempt:
         self.children: set[int] = set()
         self.lock = threading.RLock()   # the SIGTERM handler may save while the main thread is saving
         self.workspace = os.path.expanduser(self.job["workspace"])
+        self.agent: agents.AgentUser | None = None
         self.start_commit: str | None = None
 
     def path(self, name: str) -> str:
@@ -370,7 +414,7 @@ class Attempt:
         if self.status.get("final"):
             return
         ended = now()
-        self.save(state=state, error=self.redact(error) if error else None, ended_at=ended,
+        self.save(usage=sum_usage(self.status.get("rounds") or []), state=state, error=self.redact(error) if error else None, ended_at=ended,
                   duration_s=round(ended - self.status["started_at"], 3), final=True)
 
     def heartbeat(self) -> None:
@@ -384,25 +428,46 @@ class Attempt:
         write_atomic(self.path("child_pgids"), "".join(f"{p}\n" for p in sorted(self.children)), 0o644)
 
     def run_process(self, argv: list[str], log_name: str, timeout_s: float, stdin_path: str | None = None,
-                    env: dict | None = None, shell: bool = False) -> tuple[int, str, bool]:
-        """Run in its own process group; on timeout the whole group is killed. -> (rc, output, timed_out)."""
+                    env: dict | None = None, watch: Executor | None = None) -> tuple[int, str, bool, str | None]:
+        """Run as the agent user in its own process group; -> (rc, output, timed_out, rate-limit line).
+
+        On timeout the whole group is killed. ``watch``: an executor whose output is read
+        while it runs; a run still going ``rate_limit_grace_s`` after a rate-limit error line
+        is stopped (the CLI's own retries would hold the fallback back).
+        """
         log_path = self.path(log_name)
         raw_path = log_path + ".raw"
         stdin = open(stdin_path, "rb") if stdin_path else subprocess.DEVNULL
         started = time.monotonic()
+        limited_line, limited_at = None, None
         try:
             with open(raw_path, "wb") as out:
                 proc = subprocess.Popen(argv, cwd=self.workspace, stdin=stdin, stdout=out, stderr=subprocess.STDOUT,
-                                        env=env, start_new_session=True, shell=shell)
+                                        env=env, start_new_session=True, preexec_fn=self.agent.preexec())
                 self.children.add(proc.pid)
                 self._record_children()
                 timed_out = False
-                try:
-                    proc.wait(timeout=timeout_s)
-                except subprocess.TimeoutExpired:
-                    timed_out = True
-                    kill_group(proc.pid)
-                    proc.wait()
+                seen = 0
+                deadline = started + timeout_s
+                while True:
+                    try:
+                        proc.wait(timeout=1.0 if watch else max(0.0, deadline - time.monotonic()))
+                        break
+                    except subprocess.TimeoutExpired:
+                        pass
+                    moment = time.monotonic()
+                    if watch and limited_line is None:
+                        with open(raw_path, "rb") as handle:
+                            handle.seek(max(0, seen - 4096))
+                            fresh = handle.read(1 << 20)
+                        seen += max(0, len(fresh) - min(seen, 4096))
+                        limited_line = watch.rate_limit_line(self.redact(fresh.decode("utf-8", "replace")))
+                        limited_at = moment if limited_line else None
+                    if moment >= deadline or (limited_at and moment - limited_at >= watch.rate_limit_grace_s):
+                        timed_out = moment >= deadline
+                        kill_group(proc.pid)
+                        proc.wait()
+                        break
                 # Children the command left behind in its group die with it.
                 kill_group(proc.pid, grace=0)
                 self.children.discard(proc.pid)
@@ -414,9 +479,28 @@ class Attempt:
             output = self.redact(handle.read().decode("utf-8", "replace"))
         os.unlink(raw_path)
         elapsed = time.monotonic() - started
+        stopped = " (stopped: rate limited)" if limited_at and not timed_out and proc.returncode < 0 else ""
         write_atomic(log_path, output + f"\n[specfleet] exit {proc.returncode}{' (timed out)' if timed_out else ''}"
-                                        f" after {elapsed:.1f} s\n", 0o644)
-        return (124 if timed_out else proc.returncode), output, timed_out
+                                        f"{stopped} after {elapsed:.1f} s\n", 0o644)
+        return (124 if timed_out else proc.returncode), output, timed_out, (limited_line if stopped else None)
+
+    def clean_env(self, home: str) -> dict:
+        """What an agent or verify command sees: nothing of the runner's own environment but PATH and locale."""
+        env = {"PATH": os.environ.get("PATH") or "/usr/local/bin:/usr/bin:/bin", "HOME": home, "USER": self.agent.name,
+               "LOGNAME": self.agent.name, "LANG": os.environ.get("LANG") or "C.UTF-8", "TERM": "dumb", "NO_COLOR": "1",
+               "CI": "1", "TMPDIR": os.path.join(home, "tmp"), "XDG_CONFIG_HOME": os.path.join(home, ".config"),
+               "XDG_CACHE_HOME": os.path.join(home, ".cache"), "XDG_DATA_HOME": os.path.join(home, ".local", "share"),
+               "XDG_STATE_HOME": os.path.join(home, ".local", "state"), "SPECFLEET_WORKSPACE": self.workspace}
+        if os.environ.get("TZ"):
+            env["TZ"] = os.environ["TZ"]
+        return env
+
+    def home(self, name: str) -> str:
+        """A private HOME for the agent user below the run directory (kept: it holds the CLI's session)."""
+        home = self.path(name)
+        os.makedirs(os.path.join(home, "tmp"), mode=0o700, exist_ok=True)
+        self.agent.own(home)
+        return home
 
     def kill_children(self) -> None:
         for pgid in list(self.children):
@@ -424,17 +508,33 @@ class Attempt:
 
     # git ----------------------------------------------------------------------------
 
-    def git(self, *args: str, cwd: str | None = None, check: bool = True, input_text: str | None = None) -> str:
+    def git(self, *args: str, cwd: str | None = None, check: bool = True, input_text: str | None = None,
+            binary: bool = False, as_agent: bool = True):
+        """git in the workspace; once the agent user owns it, git runs as that user.
+
+        A workspace the agent wrote may hold a ``.git/config`` with commands (fsmonitor,
+        filters, hooks): never run those as root. ``as_agent=False`` is for the root-side
+        clone before the agent owns anything.
+        """
         identity = self.job.get("identity") or {}
         cmd = ["git", "-c", "core.quotePath=false", "-c", "core.attributesFile=/dev/null", "-c", "diff.noprefix=false",
                "-c", "diff.mnemonicPrefix=false", "-c", f"user.name={identity.get('name', 'specfleet')}",
                "-c", f"user.email={identity.get('email', 'specfleet@localhost')}", "-c", "core.hooksPath=/dev/null",
-               "-c", "commit.gpgsign=false", *args]
-        result = subprocess.run(cmd, cwd=cwd or self.workspace, capture_output=True, text=True, input=input_text,
-                                env=dict(os.environ, GIT_TERMINAL_PROMPT="0", LC_ALL="C"), check=False)
+               "-c", "commit.gpgsign=false", "-c", "core.fsmonitor=false", *args]
+        env = self.git_env() if as_agent else dict(os.environ, GIT_TERMINAL_PROMPT="0", LC_ALL="C")
+        result = subprocess.run(cmd, cwd=cwd or self.workspace, capture_output=True, text=not binary,
+                                input=input_text, env=env, check=False,
+                                preexec_fn=self.agent.preexec() if as_agent else None)
         if check and result.returncode != 0:
-            raise RunnerError(f"git {' '.join(args[:3])} failed: {tail(result.stderr.strip(), 5)}")
+            stderr = result.stderr if not binary else result.stderr.decode("utf-8", "replace")
+            raise RunnerError(f"git {' '.join(args[:3])} failed: {tail(stderr.strip(), 5)}")
         return result.stdout
+
+    def git_env(self) -> dict:
+        """git's environment as the agent user: a HOME of its own (git dies on an unreadable ~/.gitconfig)."""
+        if not self.agent.switch:
+            return dict(os.environ, GIT_TERMINAL_PROMPT="0", LC_ALL="C")
+        return dict(self.clean_env(self.path("git-home")), GIT_TERMINAL_PROMPT="0", LC_ALL="C", GIT_CONFIG_NOSYSTEM="1")
 
     def prepare(self) -> None:
         """A fresh clone sharing the mirror's objects, on the spec's branch, dependencies merged."""
@@ -453,9 +553,12 @@ class Attempt:
         os.makedirs(self.workspace, exist_ok=True)
         if os.listdir(self.workspace):
             raise RunnerError(f"workspace {self.workspace} is not empty")
-        self.git("clone", "-q", "--shared", "--no-checkout", mirror, self.workspace, cwd=self.run_dir)
+        # Switching to the agent user: the clone stops borrowing the mirror's objects, so the
+        # agent needs nothing of the node's but its own workspace.
+        self.git("clone", "-q", "--shared", *(["--dissociate"] if self.agent.switch else []), "--no-checkout", mirror,
+                 self.workspace, cwd=self.run_dir, as_agent=False)
         try:
-            self.git("checkout", "-q", "-b", job["branch"], job["base"])
+            self.git("checkout", "-q", "-b", job["branch"], job["base"], as_agent=False)
         except RunnerError as exc:
             if re.search(r"reference is not a tree|not a valid object|bad object|unable to read", str(exc)):
                 raise InfrastructureError(f"the node's mirror {mirror} lacks the start commit {job['base'][:12]}: "
@@ -464,9 +567,37 @@ class Attempt:
         excludes = list(DEFAULT_EXCLUDES) + list(job.get("exclude", []))
         with open(os.path.join(self.workspace, ".git", "info", "exclude"), "a", encoding="utf-8") as handle:
             handle.write("\n".join(excludes) + "\n")
+        self.hand_over(os.path.commonpath([mirror, self.workspace]))
         # The base is the integration tip, which holds the spec's merged dependencies.
         self.start_commit = self.git("rev-parse", "HEAD").strip()
         self.save(base=job["base"], start_commit=self.start_commit, workspace=self.workspace, branch=job["branch"])
+
+    def hand_over(self, work_root: str) -> None:
+        """Give the workspace to the agent user and let it pass the work root's own folders to it.
+
+        Folders between the work root and the workspace or run directory get search
+        permission only (0711: no listing); the run directory's files stay the runner's.
+        Above the work root nothing is changed: bootstrap grants the agent user search
+        permission there (an ACL) when the login user is another user.
+        """
+        if not self.agent.switch:
+            return
+        self.agent.own(self.workspace)
+        for target in (os.path.dirname(self.workspace), self.run_dir):
+            folder = target
+            while folder.startswith(work_root.rstrip("/") + "/") or folder == work_root:
+                info = os.stat(folder)
+                if info.st_uid == os.geteuid() and not info.st_mode & 0o001:
+                    os.chmod(folder, (info.st_mode & 0o7777) | 0o111)
+                if folder == work_root:
+                    break
+                folder = os.path.dirname(folder)
+        blocked = self.agent.can_reach(self.workspace) or self.agent.can_reach(self.run_dir)
+        if blocked:
+            raise InfrastructureError(
+                f"the agent user {self.agent.name} cannot pass {blocked} on the way to its workspace (run "
+                f"bootstrap.yml for this node: it grants {self.agent.name} search permission on the work root's "
+                f"parent folders)")
 
     def diff(self) -> tuple[list[Change], dict[str, list[tuple[int, str]]], list[str]]:
         """Stage everything; -> changes, added lines, and the names of secrets found in the diff."""
@@ -492,29 +623,39 @@ class Attempt:
         """
         for change in changes:
             path = os.path.join(self.workspace, change.path)
-            if os.path.islink(path) or not os.path.isfile(path):
+            # The agent owns these files: never follow a link it may have put there.
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK)
+            except OSError:
                 continue
-            with open(path, "rb") as handle:
+            with os.fdopen(fd, "r+b") as handle:
+                if not stat_is_file(os.fstat(fd)):
+                    continue
                 data = handle.read()
-            clean = self.redact.bytes(data)
-            if clean != data:
-                with open(path, "wb") as handle:
+                clean = self.redact.bytes(data)
+                if clean != data:
+                    handle.seek(0)
                     handle.write(clean)
+                    handle.truncate()
         self.git("add", "-A")
         self.git("reflog", "expire", "--expire=now", "--all")
         self.git("prune", "--expire=now")
 
     # agent ----------------------------------------------------------------------------
 
-    def agent_env(self, executor: Executor) -> dict:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SPECFLEET_SECRET")}
+    def agent_env(self, executor: Executor, home: str) -> dict:
+        env = self.clean_env(home)
         env.update({str(k): str(v) for k, v in executor.env.items()})
+        env.update(executor.dialect.setup(executor.settings, home, self.workspace))
         env.update(self.secrets.get(executor.name, {}))
-        env.update(CI="1", SPECFLEET_WORKSPACE=self.workspace)
         return env
 
     def run_agent(self, round_no: int, prompt_file: str) -> dict:
-        """One agent round through the executor chain; rate limits move to the fallback."""
+        """One agent round through the executor chain; a rate limit moves to the fallback.
+
+        Each try records the executor, its exit, whether it timed out or was rate limited
+        (and the line that said so), its usage, and its log.
+        """
         chain = [Executor.from_dict(e) for e in self.job["executors"]]
         with open(prompt_file, encoding="utf-8") as handle:
             prompt_text = handle.read()
@@ -522,23 +663,35 @@ class Attempt:
         for index, executor in enumerate(chain):
             self.save(phase=f"agent round {round_no}", executor_trying=executor.name)
             log = f"round-{round_no}.agent.{index + 1}-{executor.name}.log"
+            said: dict = {"usage": None, "rate_limited": False, "error": None}
+            started = time.monotonic()
             if executor.kind == "replay":
                 rc, output, timed_out = self.replay(log)
             else:
+                home = self.home(f"home-{executor.name}")
+                agent_prompt = os.path.join(home, "prompt.md")
+                write_atomic(agent_prompt, prompt_text, 0o600)
                 try:
-                    rc, output, timed_out = self.run_process(
-                        executor.argv(prompt_text, prompt_file), log, self.budget(executor.timeout_s),
-                        stdin_path=prompt_file if executor.prompt == "stdin" else None, env=self.agent_env(executor))
-                except OSError as exc:
-                    rc, output, timed_out = 127, f"cannot run {executor.command[:1]}: {exc}", False
+                    env = self.agent_env(executor, home)
+                    self.agent.own(home)      # the CLI's config files, written by the dialect, are its own
+                    rc, output, timed_out, stopped = self.run_process(
+                        executor.argv(prompt_text, agent_prompt), log, self.budget(executor.timeout_s),
+                        stdin_path=prompt_file if executor.prompt_mode == "stdin" else None, env=env, watch=executor)
+                except (OSError, ValueError) as exc:
+                    rc, output, timed_out, stopped = 127, f"cannot run {executor.argv('', '')[:1]}: {exc}", False, None
                     write_atomic(self.path(log), output + "\n", 0o644)
+                said = executor.read(output, rc, timed_out)
+                if stopped:
+                    said.update(rate_limited=True, error=said.get("error") or stopped)
+            limited = bool(said.get("rate_limited"))
+            tries.append({"executor": executor.name, "cli": executor.cli, "model": executor.model, "exit": rc,
+                          "timed_out": timed_out, "rate_limited": limited, "error": said.get("error"),
+                          "usage": said.get("usage"), "seconds": round(time.monotonic() - started, 1), "log": log})
+            self.save()
             end = tail(output)
-            limited = rc != 0 and not timed_out and executor.rate_limited(end)
-            tries.append({"executor": executor.name, "exit": rc, "timed_out": timed_out, "rate_limited": limited,
-                          "log": log})
             if not limited:
                 return {"executor": executor.name, "exit": rc, "timed_out": timed_out, "tries": tries,
-                        "output_tail": end}
+                        "output_tail": end, "error": said.get("error")}
             if index + 1 < len(chain):
                 delay = executor.backoff_s * (2 ** index)
                 self.save(phase=f"agent round {round_no}: {executor.name} rate limited, {chain[index + 1].name} in "
@@ -554,13 +707,17 @@ class Attempt:
             output = "replay: no recording was shipped for this spec"
             rc = 2
         else:
-            first = subprocess.run(["git", "apply", "--whitespace=nowarn", patch], cwd=self.workspace,
-                                   capture_output=True, text=True)
+            with open(patch, encoding="utf-8") as handle:
+                recorded = handle.read()
+            # As the agent user (it owns the workspace), the patch on standard input.
+            first = subprocess.run(["git", "apply", "--whitespace=nowarn", "-"], cwd=self.workspace, input=recorded,
+                                   capture_output=True, text=True, preexec_fn=self.agent.preexec(), env=self.git_env())
             if first.returncode == 0:
                 rc, output = 0, "replay: applied the recorded changes"
             else:
-                second = subprocess.run(["git", "apply", "--3way", "--whitespace=nowarn", patch], cwd=self.workspace,
-                                        capture_output=True, text=True)
+                second = subprocess.run(["git", "apply", "--3way", "--whitespace=nowarn", "-"], cwd=self.workspace,
+                                        input=recorded, capture_output=True, text=True,
+                                        preexec_fn=self.agent.preexec(), env=self.git_env())
                 rc = second.returncode
                 output = ("replay: applied the recorded changes with a three-way merge" if rc == 0 else
                           "replay: the recorded changes do not apply here:\n" + first.stderr + second.stderr)
@@ -576,9 +733,10 @@ class Attempt:
             if "__pycache__" in dirs:
                 shutil.rmtree(os.path.join(folder, "__pycache__"), ignore_errors=True)
                 dirs.remove("__pycache__")
-        env = dict(os.environ, CI="1", SPECFLEET_WORKSPACE=self.workspace, PYTHONDONTWRITEBYTECODE="1")
-        return self.run_process(["/bin/sh", "-c", self.job["verify"]], f"round-{round_no}.verify.log",
-                                self.budget(float(self.job.get("verify_timeout_s", 1200))), env=env)
+        env = dict(self.clean_env(self.home("home-verify")), PYTHONDONTWRITEBYTECODE="1")
+        rc, output, timed_out, _ = self.run_process(["/bin/sh", "-c", self.job["verify"]], f"round-{round_no}.verify.log",
+                                                    self.budget(float(self.job.get("verify_timeout_s", 1200))), env=env)
+        return rc, output, timed_out
 
     def budget(self, limit: float) -> float:
         """``limit``, cut to what is left of the attempt's time (minus a reserve for gates and commit).
@@ -600,6 +758,11 @@ class Attempt:
         threading.Thread(target=self.heartbeat, daemon=True).start()
         write_atomic(self.path("runner_pid"), f"{os.getpid()}\n", 0o644)
         self.save()
+        try:
+            self.agent = agents.AgentUser(self.job.get("agent_user"))
+        except PermissionError as exc:
+            raise InfrastructureError(str(exc)) from None
+        self.save(agent_user=self.agent.name)
         self.prepare()
         job = self.job
         rounds_allowed = 1 + int(job.get("retries", 0))
@@ -625,7 +788,9 @@ class Attempt:
             if agent["timed_out"]:
                 problems.append(f"the agent ({agent['executor']}) timed out; its process group was killed")
             elif agent["exit"] != 0:
-                problems.append(f"the agent ({agent['executor']}) exited with {agent['exit']}:\n{agent['output_tail']}")
+                said = f" ({agent['error']})" if agent.get("error") else ""
+                problems.append(f"the agent ({agent['executor']}) exited with {agent['exit']}{said}:\n"
+                                f"{agent['output_tail']}")
             else:
                 rc, verify_output, timed_out = self.verify(round_no)
                 record.update(verify_exit=rc, verify_timed_out=timed_out)
@@ -669,15 +834,61 @@ class Attempt:
         self.git("commit", "-q", "--no-verify", "-m", message)
         commit = self.git("rev-parse", "HEAD").strip()
         self.save(commit=commit, files_changed=[c.path for c in changes], phase="bring back")
+        # Written by git as the agent user to its output, saved by the runner into its own folder.
+        data = self.git("bundle", "create", "-q", "-", f"refs/heads/{job['branch']}", f"^{job['base']}", binary=True)
+        with open(self.path("result.bundle"), "wb") as handle:
+            handle.write(data)
         if job.get("remote_url"):
-            self.git("push", "-q", "--force", job["remote_url"], f"HEAD:refs/heads/{job['branch']}")
+            self.push(self.path("result.bundle"), commit)
             self.save(pushed=True)
         else:
-            self.git("bundle", "create", "-q", self.path("result.bundle"), f"refs/heads/{job['branch']}",
-                     f"^{job['base']}")
             self.save(bundle="result.bundle")
         self.finalise("succeeded")
         return 0
+
+
+    def push(self, bundle: str, commit: str) -> None:
+        """Push the result from the node's mirror, never from the workspace.
+
+        The workspace's ``.git/config`` is the agent's to write (an ``sshCommand``, an
+        ``insteadOf``, a credential helper): the runner's credentials only ever meet the
+        mirror, which the agent cannot touch. The bundle's prerequisite (the base) is there.
+        """
+        job = self.job
+        mirror = os.path.expanduser(job["mirror"])
+        ref = f"refs/specfleet-results/{job['run_id']}/{job['attempt']}"
+        env = dict(os.environ, GIT_TERMINAL_PROMPT="0")
+        steps = [["flock", mirror + ".lock", "git", "--git-dir", mirror, "fetch", "-q", "--no-tags", bundle,
+                  f"+refs/heads/{job['branch']}:{ref}"],
+                 ["git", "--git-dir", mirror, "push", "-q", "--force", job["remote_url"],
+                  f"{commit}:refs/heads/{job['branch']}"]]
+        try:
+            for step in steps:
+                done = subprocess.run(step, capture_output=True, text=True, timeout=600, env=env)
+                if done.returncode != 0:
+                    raise RunnerError(f"git {step[step.index('--git-dir') + 3]} failed: {tail(done.stderr.strip(), 5)}")
+        finally:
+            subprocess.run(["git", "--git-dir", mirror, "update-ref", "-d", ref], capture_output=True, env=env)
+
+
+def sum_usage(rounds: list[dict]) -> dict:
+    """Tokens and cost of every agent try of the attempt, with the models that answered."""
+    total: dict = {"input_tokens": 0, "output_tokens": 0, "cost_usd": None, "models": []}
+    for record in rounds:
+        for attempt_try in record.get("tries") or []:
+            spent = attempt_try.get("usage") or {}
+            for key in ("input_tokens", "output_tokens"):
+                total[key] += int(spent.get(key) or 0)
+            if spent.get("cost_usd") is not None:
+                total["cost_usd"] = round((total["cost_usd"] or 0.0) + float(spent["cost_usd"]), 6)
+            if spent.get("model") and spent["model"] not in total["models"]:
+                total["models"].append(spent["model"])
+    return total
+
+
+def stat_is_file(info: os.stat_result) -> bool:
+    import stat
+    return stat.S_ISREG(info.st_mode)
 
 
 def kill_group(pgid: int, grace: float = KILL_GRACE_S) -> None:
@@ -724,7 +935,8 @@ def finalize_after_exit(run_dir: str, exit_code: int, error: str | None = None) 
     why = {124: "the attempt hit its time limit and was killed", 137: "the runner was killed (SIGKILL)",
            143: "the runner was terminated (SIGTERM)"}.get(exit_code, f"the runner ended with exit {exit_code}")
     stamp = now()
-    status.update(state="killed" if exit_code in (124, 137, 143) else "failed", final=True, ended_at=stamp,
+    status.update(usage=sum_usage(status.get("rounds") if isinstance(status.get("rounds"), list) else []),
+                  state="killed" if exit_code in (124, 137, 143) else "failed", final=True, ended_at=stamp,
                   error=error or f"{why} during {status.get('phase', 'an unknown phase')}", updated_at=stamp,
                   exit_code=exit_code)
     write_atomic(path, json.dumps(status, indent=1, sort_keys=True))
