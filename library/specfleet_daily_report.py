@@ -17,8 +17,10 @@ description:
     their reasons; a Gantt chart of the attempts per node and slot, coloured by outcome; slot
     utilisation per 10 minutes and its average over the active period, next to the 80 % target;
     cycle time (first attempt to merge) median and p90; attempts per spec; failures by executor
-    and by node; rate-limit fallbacks; the scaling signals (queued > 2 x running, spec-level
-    failure rate > 30 %, merge conflicts >= 3 and > 15 % of merge tries) with their numbers."
+    and by node; rate-limit fallbacks; tokens and cost per executor and per node and the day's
+    total (a cost nobody reported or priced shown as unknown, never 0); the scaling signals
+    (queued > 2 x running, spec-level failure rate > 30 %, merge conflicts >= 3 and > 15 % of
+    merge tries) with their numbers."
   - The HTML file has inline CSS and inline SVG charts, no script and no external address.
     Strings from the store are escaped.
   - Both files are replaced atomically. A day that is not over is reported up to now.
@@ -83,7 +85,9 @@ headline:
       was nothing to measure.
     - Keys C(day), C(specs), C(attempted), C(succeeded), C(decided), C(success_rate), C(merged),
       C(in_review), C(blocked), C(failed), C(attempts), C(utilisation), C(cycle_median_s),
-      C(cycle_p90_s) and C(signals) (the keys of the scaling signals that fired, among
+      C(cycle_p90_s), C(input_tokens), C(output_tokens), C(cost_usd) (null when no collected
+      attempt's cost is known), C(cost_unknown) (collected attempts of the day whose cost is
+      unknown) and C(signals) (the keys of the scaling signals that fired, among
       C(add_nodes), C(spec_quality), C(work_split)).
   type: dict
   returned: always

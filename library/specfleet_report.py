@@ -13,6 +13,7 @@ description:
     each state and, for every spec that did not complete, its state and reason (for example
     C(S03 blocked, dependency S02 failed)).
   - Fails when any of them did not reach O(done), so C(dispatch.yml) exits non-zero.
+  - Adds the tokens and cost of the run's collected attempts, per executor and per spec.
 options:
   project:
     description: Project name.
@@ -65,5 +66,22 @@ by_state:
 attempts:
   description: Attempts this run made, per task id.
   type: dict
+  returned: always
+usage:
+  description:
+    - Tokens and cost of the run's collected attempts, C(total) and per executor (C(by_executor))
+      and per spec (C(by_task_id)); each entry has C(attempts), C(input_tokens), C(output_tokens),
+      C(cost_usd) and C(cost_unknown) (attempts whose cost is not known).
+    - Tokens come from each agent CLI's output; the cost from the CLI when it reports one, else
+      from the executor's C(prices) in the inventory. C(cost_usd) is null when no attempt's cost
+      is known, never a made-up 0.
+  type: dict
+  returned: when an attempt of the run ran an agent (plain jobs use no model)
+msg:
+  description:
+    - The summary, one line per spec that did not reach O(done), then the run's tokens and
+      cost in total, per executor and per spec (when it collected any attempt).
+  type: list
+  elements: str
   returned: always
 """

@@ -29,7 +29,9 @@ class ActionModule(ControllerAction):
         if args["run_id"]:  # already closed by the dispatch play, unless it had no spec to run
             controller.close_run(db, args["run_id"], "ok" if report["complete"] else "failed")
         result.update(summary=report["summary"], by_state=report["by_state"], attempts=report["attempts"],
-                      changed=False, msg=[report["summary"], *report["not_completed"]])
+                      changed=False, msg=[report["summary"], *report["not_completed"], *report["usage_lines"]])
+        if report["usage"]["total"]["attempts"]:  # plain jobs use no model: nothing to show
+            result["usage"] = report["usage"]
         if not report["complete"]:
             result["failed"] = True
         return result

@@ -77,11 +77,13 @@ def test_the_playbook_writes_both_reports_into_the_home(reported):
     folder = controller.home / "reports" / "demo"
     assert sorted(p.name for p in folder.iterdir()) == [f"{DAY}.html", f"{DAY}.md"]   # no temporary file left
     printed = " ".join(result.output.split())   # the YAML callback wraps long lines
-    assert f"demo {DAY}: success 83.3 % (5 of 6), 3 merged, 3 in review, 1 blocked, utilisation 50.0 %" in printed
+    assert f"demo {DAY}: success 83.3 % (5 of 6), 3 merged, 3 in review, 1 blocked, utilisation 50.0 %, " \
+           "tokens 68,000 in / 13,000 out, cost $0.0520 (+1 unknown)" in printed
     markdown = (folder / f"{DAY}.md").read_text()
     assert "| success rate | 83.3 % (5 of 6) |" in markdown
     assert "| cycle time median / p90 | 1 h 00 min / 1 h 20 min |" in markdown
     assert "Times in UTC (UTC+00:00)" in markdown and "the day is not over" not in markdown
+    assert "| cost | $0.0520 (+1 unknown) |" in markdown and "| codex | 1 | 8,000 | 1,000 | unknown |" in markdown
     assert figures["utilisation"]["average"] == pytest.approx(240 / 480)    # F ran on until 11:00
     again = controller.playbook("playbooks/report.yml", "-e", "project=nope", "-e", f"day={DAY}", timeout=120)
     assert again.returncode != 0 and "no project 'nope' in the state store" in again.output
@@ -136,6 +138,15 @@ def test_the_report_renders_in_a_headless_browser_with_the_store_s_numbers(repor
     assert {k: page.figures.get(k) for k in expected} == expected
     assert (expected["success.rate"], expected["success.succeeded"], expected["success.decided"]) == ("83.3 %", "5", "6")
     assert (expected["merged"], expected["in_review"], expected["utilisation.average"]) == ("3", "3", "50.0 %")
+    # Tokens and cost: the store's sums for the day (Store.usage), an unknown cost shown as unknown.
+    with Store(controller.db) as store:
+        (day,) = store.usage("demo", since=DAY_START, until=DAY_END, by="project")
+    spent = {"usage.attempts": str(day["attempts"]), "usage.total.input_tokens": f"{day['input_tokens']:,}",
+             "usage.total.output_tokens": f"{day['output_tokens']:,}", "usage.input_tokens": f"{day['input_tokens']:,}",
+             "usage.total.cost": f"${day['cost_usd']:.4f} (+1 unknown)", "usage.cost": f"${day['cost_usd']:.4f} (+1 unknown)"}
+    assert {k: page.figures.get(k) for k in spent} == spent
+    assert (spent["usage.attempts"], spent["usage.total.input_tokens"], spent["usage.total.cost"]) == (
+        "4", "68,000", "$0.0520 (+1 unknown)")
     assert page.signals == {"add_nodes": "off", "spec_quality": "off", "work_split": "off"}
 
     artifacts = Path(os.environ.get("SPECFLEET_TEST_ARTIFACTS") or tmp_path)

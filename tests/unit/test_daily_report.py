@@ -71,9 +71,10 @@ class History:
         return granted[0]
 
     def end(self, task_id: str, ok: bool = True, reason: str | None = None, infra: bool = False,
-            executor: str | None = None, tries: list[list[dict]] | None = None, artifacts: bool = False) -> None:
+            executor: str | None = None, tries: list[list[dict]] | None = None, artifacts: bool = False,
+            usage: dict | None = None) -> None:
         grant = self.grants.pop(task_id)
-        if executor or tries is not None or artifacts:
+        if executor or tries is not None or artifacts or usage:
             folder = self.artifacts / task_id / f"{grant.attempt}-{grant.job_run}"
             folder.mkdir(parents=True)
             if tries is not None:
@@ -81,7 +82,7 @@ class History:
                     {"state": "succeeded" if ok else "failed", "final": True, "executor": executor,
                      "rounds": [{"round": i + 1, "executor": executor, "tries": t} for i, t in enumerate(tries)]}))
             self.store.record_attempt(self.project, task_id, grant.attempt, executor=executor, artifacts=str(folder),
-                                      result={"ok": ok})
+                                      result={"ok": ok}, usage=usage)
         self.book.finish(grant, ok, reason, infrastructure=infra)
 
     def verify(self, task_id: str) -> None:
@@ -121,6 +122,11 @@ def feed(projects: ProjectFactory, store: Store, **specs: str) -> None:
     store.feed(report)
 
 
+def spend(input_tokens: int, output_tokens: int, cost: float | None, model: str = "m") -> dict:
+    """An attempt's usage as the runner sums it over its tries (``runner.sum_usage``)."""
+    return {"input_tokens": input_tokens, "output_tokens": output_tokens, "cost_usd": cost, "models": [model]}
+
+
 N1, N2, N3 = NodeInfo("n1", 2), NodeInfo("n2", 1), NodeInfo("n3", 1)
 N4_OFF = NodeInfo("n4", 2, enabled=False)
 ALL_ATTEMPTS = 9
@@ -139,6 +145,16 @@ def good_day(projects: ProjectFactory, store: Store, clock: Clock, artifacts: Pa
     G    queued all day
     H    10:00-10:20 n2/0 ok: completed, not verified yet
     ==== =======================================================================
+
+    Tokens and cost of the collected attempts (the others recorded none):
+
+    ==== ======== ==== ====== ===== ======================================
+    Y    glm      n1   50,000 5,000 $0.20 (yesterday: not in the day)
+    A    minimax  n1   20,000 4,000 $0.012 (the CLI said)
+    C    codex    n1    8,000 1,000 unknown (no cost, no prices)
+    B#2  glm      n2   30,000 6,000 $0.03 (from the inventory's prices)
+    H    glm      n2   10,000 2,000 $0.01
+    ==== ======== ==== ====== ===== ======================================
     """
     clock.t = at("14:00", days=-1)
     feed(projects, store, **{
@@ -155,7 +171,7 @@ def good_day(projects: ProjectFactory, store: Store, clock: Clock, artifacts: Pa
     run = History(store, clock, artifacts)
     run.nodes(N1, N2, N3, N4_OFF)
     run.at(at("15:00", days=-1)).start("Y", N1)
-    run.at(at("15:30", days=-1)).end("Y")
+    run.at(at("15:30", days=-1)).end("Y", executor="glm", usage=spend(50_000, 5_000, 0.2))
     run.at(at("15:40", days=-1)).verify("Y")
     run.at(at("16:00", days=-1)).merge("Y")
 
@@ -166,12 +182,15 @@ def good_day(projects: ProjectFactory, store: Store, clock: Clock, artifacts: Pa
     run.start("B", N2)
     run.at(at("09:20")).end("A", executor="minimax", tries=[[
         {"executor": "glm", "exit": 1, "timed_out": False, "rate_limited": True},
-        {"executor": "minimax", "exit": 0, "timed_out": False, "rate_limited": False}]])
+        {"executor": "minimax", "exit": 0, "timed_out": False, "rate_limited": False}]],
+        usage=spend(20_000, 4_000, 0.012, "minimax-m2"))
     run.start("E", N1)
     run.at(at("09:25")).verify("A")
     run.at(at("09:30")).merge("A")
-    run.end("C", ok=False, reason="the agent (codex) exited with 1:\nerror: model overloaded", executor="codex")
-    run.at(at("09:40")).end("B", executor="glm", artifacts=True)  # a folder without status.json
+    run.end("C", ok=False, reason="the agent (codex) exited with 1:\nerror: model overloaded", executor="codex",
+            usage=spend(8_000, 1_000, None, "gpt-5-codex"))
+    run.at(at("09:40")).end("B", executor="glm", artifacts=True,  # a folder without status.json
+                            usage=spend(30_000, 6_000, 0.03, "glm-4.6"))
     run.start("F", N2)
     run.at(at("09:45")).verify("B")
     run.at(at("09:50")).end("E")
@@ -182,7 +201,7 @@ def good_day(projects: ProjectFactory, store: Store, clock: Clock, artifacts: Pa
     run.start("E", N1)
     run.start("F", N1)
     run.start("H", N2)
-    run.at(at("10:20")).end("H")
+    run.at(at("10:20")).end("H", executor="glm", usage=spend(10_000, 2_000, 0.01, "glm-4.6"))
     run.at(at("10:30")).end("E")
     run.at(at("10:35")).verify("E")
     run.at(at("10:40")).merge("E")
@@ -295,7 +314,8 @@ def test_no_scaling_signal_on_a_good_day(good):
     assert daily.headline(fig) == {
         "day": DAY, "specs": 9, "attempted": 6, "succeeded": 4, "decided": 5, "success_rate": 0.8, "merged": 3,
         "in_review": 3, "blocked": 1, "failed": 1, "attempts": 9, "utilisation": pytest.approx(230 / 440),
-        "cycle_median_s": 3600.0, "cycle_p90_s": 4800.0, "signals": []}
+        "cycle_median_s": 3600.0, "cycle_p90_s": 4800.0, "input_tokens": 68_000, "output_tokens": 13_000,
+        "cost_usd": 0.052, "cost_unknown": 1, "signals": []}
 
 
 def test_markdown_and_html_state_the_numbers_with_their_denominators(good):
@@ -470,3 +490,83 @@ def test_an_unknown_project_is_refused(tmp_path):
             daily.figures(store, "nope", DAY_START, DAY_END)
     assert isinstance(daily.ReportError("x"), store_module.StoreError)
     assert sqlite3.connect(tmp_path / "state.db").execute("SELECT count(*) FROM attempts").fetchone() == (0,)
+
+
+# -- tokens and cost ---------------------------------------------------------------------------
+
+def usage_of(entries: list[dict], key: str) -> dict:
+    return {e[key]: (e["attempts"], e["input_tokens"], e["output_tokens"], e["cost_usd"], e["cost_unknown"])
+            for e in entries}
+
+
+@pytest.mark.parametrize("key, expected", [
+    ("executor", {"codex": (1, 8_000, 1_000, None, 1), "glm": (2, 40_000, 8_000, 0.04, 0),
+                  "minimax": (1, 20_000, 4_000, 0.012, 0)}),
+    ("node", {"n1": (2, 28_000, 5_000, 0.012, 1), "n2": (2, 40_000, 8_000, 0.04, 0)}),
+], ids=["executor", "node"])
+def test_tokens_and_cost_of_the_day_per_executor_and_node(good, key, expected):
+    _store, fig, _run = good
+    usage = fig["usage"]
+    assert usage["total"] == {"attempts": 4, "input_tokens": 68_000, "output_tokens": 13_000, "cost_usd": 0.052,
+                              "cost_unknown": 1}                   # Y ran yesterday: not counted
+    assert usage_of(usage[f"by_{key}"], key) == expected
+
+
+WINDOWS = {
+    "the day": (DAY_START, DAY_END, at("10:50")),
+    "09:00-09:35": (DAY_START, at("09:35"), at("10:50")),     # A, C and B#2 had started
+    "a quiet day": (DAY_START + 6 * 86400, DAY_END + 6 * 86400, DAY_END + 7 * 86400),
+    "yesterday": (DAY_START - 86400, DAY_START, at("10:50")),   # Y only
+}
+
+
+@pytest.mark.parametrize("window", list(WINDOWS))
+@pytest.mark.parametrize("key", ["executor", "node", "project"])
+def test_the_report_s_tokens_and_cost_are_store_usage_s(good, window, key):
+    store, _fig, _run = good
+    start, end, now = WINDOWS[window]
+    usage = daily.figures(store, "demo", start, end, now=now, tz=UTC, day=DAY)["usage"]
+    entries = usage[f"by_{key}"] if key != "project" else [dict(usage["total"], project="demo")] \
+        if usage["total"]["attempts"] else []
+    assert [{k: v for k, v in e.items() if k != "cost_unknown"} for e in entries] == \
+        store.usage("demo", since=start, until=end, by=key)
+
+
+def test_markdown_and_html_show_tokens_and_cost_with_unknown_costs_as_unknown(good):
+    _store, fig, _run = good
+    text = daily.markdown(fig)
+    assert "| tokens in / out | 68,000 / 13,000 |" in text and "| cost | $0.0520 (+1 unknown) |" in text
+    section = text[text.index("## Tokens and cost"):]
+    assert "Day total: 4 collected attempts, 68,000 tokens in, 13,000 tokens out, cost $0.0520 (+1 unknown)." in section
+    for row in ("| codex | 1 | 8,000 | 1,000 | unknown |", "| glm | 2 | 40,000 | 8,000 | $0.0400 |",
+                "| minimax | 1 | 20,000 | 4,000 | $0.0120 |", "| n1 | 2 | 28,000 | 5,000 | $0.0120 (+1 unknown) |",
+                "| n2 | 2 | 40,000 | 8,000 | $0.0400 |"):
+        assert row in section, row
+    assert section.count("| total | 4 | 68,000 | 13,000 | $0.0520 (+1 unknown) |") == 2
+    # The attempt table: a collected attempt's own figures; "-" before collection; an unknown cost says so.
+    assert "| A | 1 | n1 | 0 | 09:00 | 09:20 | succeeded | minimax | 20,000 | 4,000 | $0.0120 |" in text
+    assert "| C | 1 | n1 | 1 | 09:10 | 09:30 | failed | codex | 8,000 | 1,000 | unknown |" in text
+    assert "| E | 2 | n1 | 0 | 10:00 | 10:30 | succeeded | glm | - | - | - |" in text
+    page = daily.html(fig)
+    assert '<span class="figure" data-key="usage.total.cost">$0.0520 (+1 unknown)</span>' in page
+    assert '<span class="figure" data-key="usage.cost">$0.0520 (+1 unknown)</span>' in page
+    assert '<span class="figure" data-key="usage.total.input_tokens">68,000</span>' in page
+    executors = page[page.index('data-table="usage.executor"'):]
+    executors = executors[:executors.index("</table>")]
+    assert "<td>codex</td><td class=num>1</td><td>8,000</td><td>1,000</td><td>unknown</td>" in executors
+    assert "$0.0000" not in page and "$0.0000" not in text
+    assert "C attempt 1 on n1: 09:10–09:30, failed, codex (the agent (codex) exited with 1); tokens 8,000 in / " \
+           "1,000 out, cost unknown" in page
+    assert daily.summary_line(fig).endswith("tokens 68,000 in / 13,000 out, cost $0.0520 (+1 unknown)")
+
+
+def test_a_day_with_no_usage_says_so_without_a_zero_cost(good):
+    store, _fig, run = good
+    run.at(at("11:00")).end("F")
+    _, start, end = daily.day_bounds("2024-05-20", UTC)
+    fig = daily.figures(store, "demo", start, end, now=end + 3600, tz=UTC)
+    assert fig["usage"]["total"] == {"attempts": 0, "input_tokens": 0, "output_tokens": 0, "cost_usd": None,
+                                     "cost_unknown": 0}
+    assert fig["usage"]["by_executor"] == [] and fig["usage"]["by_node"] == []
+    assert "| cost | - |" in daily.markdown(fig)
+    assert '<table data-table="usage.executor">' not in daily.html(fig)

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from . import cleanup, playbook
+from . import usage as spent
 from .controller import REPO_ROOT, resolve_db
 from .durations import format_duration, parse_duration
 from .fleet import NodeInfo
@@ -63,9 +64,13 @@ STATE_ORDER = [s.value for s in SpecState]
 # -- status: the store, read directly ---------------------------------------------------------
 
 def status(db_path: str, project: str | None = None) -> dict[str, Any]:
-    """Nodes, counts by state, running specs and why the queued ones wait (JSON-ready)."""
+    """Nodes, counts by state, running specs and why the queued ones wait, tokens and cost (JSON-ready).
+
+    ``usage``: per project, the collected attempts' tokens and cost in total and by executor,
+    node and UTC day; every spec listed carries its own (all its collected attempts).
+    """
     if not Path(db_path).exists():
-        return {"db": db_path, "nodes": [], "projects": {}, "running": [], "waiting": [], "failed": []}
+        return {"db": db_path, "nodes": [], "projects": {}, "running": [], "waiting": [], "failed": [], "usage": {}}
     with Store(db_path) as store:
         db = store.db
         stamp = time.time()
@@ -101,8 +106,16 @@ def status(db_path: str, project: str | None = None) -> dict[str, Any]:
                  for n in db.execute("SELECT name, slots, priority, labels_json, enabled FROM nodes")]
         for name in sorted(counts):
             waiting += _waiting(store, name, infos)
+        rows = store.usage_rows(project)
+    by_project = spent.per_project(rows)
+    usage = {name: spent.rollup(by_project.get(name, [])) for name in sorted(counts)}
+    by_spec: dict[tuple[str, str], list[dict]] = {}
+    for row in rows:
+        by_spec.setdefault((row["project"], row["task_id"]), []).append(row)
+    for entry in (*running, *waiting, *failed):
+        entry["usage"] = spent.total(by_spec.get((entry["project"], entry["task_id"]), []))
     return {"db": db_path, "nodes": nodes, "projects": counts, "running": running, "waiting": waiting,
-            "failed": failed}
+            "failed": failed, "usage": usage}
 
 
 def _waiting(store: Store, project: str, nodes: list[NodeInfo]) -> list[dict]:
@@ -168,8 +181,27 @@ def render_status(data: dict[str, Any]) -> str:
     if data["failed"]:
         lines += _table(["FAILED", "PROJECT", "STATE", "WHY"],
                         [(f["task_id"], f["project"], f["state"], f["reason"].splitlines()[0][:160] if f["reason"]
-                          else "") for f in data["failed"]])
+                          else "") for f in data["failed"]]) + [""]
+    lines += _usage_lines(data.get("usage") or {})
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _usage_lines(usage: dict[str, dict]) -> list[str]:
+    """Tokens in and out and cost per executor of each project's collected attempts ("unknown" cost, never 0)."""
+    rows = []
+    for project, block in sorted(usage.items()):
+        if not block["total"]["attempts"]:
+            continue
+        for entry in block["by_executor"]:
+            rows.append((entry["executor"], project, entry["attempts"], spent.tokens_text(entry["input_tokens"]),
+                         spent.tokens_text(entry["output_tokens"]), spent.cost_text(entry)))
+        if len(block["by_executor"]) > 1:
+            entry = block["total"]
+            rows.append(("(total)", project, entry["attempts"], spent.tokens_text(entry["input_tokens"]),
+                         spent.tokens_text(entry["output_tokens"]), spent.cost_text(entry)))
+    if not rows:
+        return []
+    return _table(["USAGE", "PROJECT", "ATTEMPTS", "TOKENS IN", "TOKENS OUT", "COST"], rows)
 
 
 # -- acting commands: the playbooks through ansible-runner ---------------------------------------

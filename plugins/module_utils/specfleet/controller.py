@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from . import usage as spent
 from .leases import LeaseBook
 from .settings import default_db_path
 from .states import SpecState
@@ -124,15 +125,19 @@ def run_report(db: str | None, project: str, run_id: str | None, task_ids: Itera
     """Where the specs a dispatch run took on ended up, with reasons; ``complete`` if all are ``done``.
 
     ``done`` is ``merged`` (the branch landed on integration) or, for plain jobs, ``completed``.
+    ``usage``: tokens and cost of the run's collected attempts, in total, per executor and per
+    spec (:mod:`specfleet.usage`), also written as lines after the summary.
     """
     wanted = sorted(set(task_ids))
     with Store(resolve_db(db)) as store:
         rows = {r.task_id: r for r in store.specs(project)}
         attempts = {}
+        used: list[dict] = []
         if run_id:
             for row in store.db.execute("SELECT task_id, COUNT(*) AS n FROM attempts WHERE run_id = ? GROUP BY task_id",
                                         (run_id,)):
                 attempts[row["task_id"]] = row["n"]
+            used = store.usage_rows(project, run_id=run_id)
     by_state: dict[str, list[str]] = {}
     lines = []
     for task_id in wanted:
@@ -144,8 +149,19 @@ def run_report(db: str | None, project: str, run_id: str | None, task_ids: Itera
             lines.append(f"{task_id} {state}{why}")
     counts = ", ".join(f"{len(ids)} {state}" for state, ids in sorted(by_state.items()))
     summary = f"{project}: {len(wanted)} specs in this run: {counts or 'none'}"
+    usage = spent.rollup(used, by=("executor", "task_id"))
     return {"summary": summary, "not_completed": lines, "by_state": by_state, "attempts": attempts,
+            "usage": usage, "usage_lines": _usage_lines(usage),
             "complete": all(s == done for s in by_state) if wanted else True}
+
+
+def _usage_lines(usage: dict[str, Any]) -> list[str]:
+    """The run's tokens and cost: in total, per executor, per spec (an unknown cost says so, never $0)."""
+    if not usage["total"]["attempts"]:
+        return []
+    return ([f"tokens and cost of this run: {spent.line(usage['total'])}"]
+            + [f"  executor {e['executor']}: {spent.line(e)}" for e in usage["by_executor"]]
+            + [f"  spec {e['task_id']}: {spent.line(e)}" for e in usage["by_task_id"]])
 
 
 def request_stop(db: str | None, project: str, mode: str) -> dict[str, Any]:

@@ -33,6 +33,11 @@ Definitions (each is also printed in the report, next to its number):
   attempt's ``status.json``; the store keeps the attempt's artifact folder, and the
   collected copy of that file is read from there (or from ``result_json`` when it holds
   ``rounds``).
+* **Tokens and cost**: of the collected attempts (an executor recorded) that started in the
+  day, summed per executor (the one that finished the attempt) and per node, exactly as
+  :meth:`Store.usage <specfleet.store.Store.usage>` sums them. Tokens are what each agent CLI
+  printed; the cost is the CLI's own, else the executor's inventory ``prices`` per million
+  tokens, else unknown: shown as unknown, never as 0 (see :mod:`specfleet.usage`).
 """
 from __future__ import annotations
 
@@ -47,6 +52,7 @@ from datetime import date, datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import Any
 
+from . import usage as spent
 from .states import SpecState
 from .store import Store, StoreError
 
@@ -167,6 +173,7 @@ def figures(store: Store, project: str, day_start: float, day_end: float, *, now
     result["attempts_per_spec"] = _attempts_per_spec(started_today)
     result["failures"] = _failures(store, project, started_today, timelines, day_start, day_end)
     result["rate_limits"] = _rate_limits(started_today)
+    result["usage"] = _usage(store, project, day_start, until)
     result["queue"] = _queue(timelines, axis, states)
     result["conflicts"] = _conflicts(timelines, day_start, day_end, len(result["merges"]["today"]))
     result["signals"] = _signals(result)
@@ -332,7 +339,11 @@ def _attempt_view(row: dict, lane: tuple[str, int], clock: _Clock) -> dict[str, 
             "start_local": clock.hm(row["started_at"]),
             "end_local": clock.hm(row["ended_at"]) if row["ended_at"] is not None else "running",
             "outcome": row["outcome"], "category": row["category"], "kind": row["kind"],
-            "executor": row["executor_name"], "reason": _reason_key(row["reason"]) if row["reason"] else ""}
+            "executor": row["executor_name"], "reason": _reason_key(row["reason"]) if row["reason"] else "",
+            # Usage is known once the attempt is collected (its executor recorded); cost may still be unknown.
+            "collected": row["executor"] is not None, "model": row.get("model"),
+            "input_tokens": row.get("input_tokens"), "output_tokens": row.get("output_tokens"),
+            "cost_usd": row.get("cost_usd")}
 
 
 def _utilisation(attempts: list[dict], nodes: list[dict], axis: dict, bucket_s: int, clock: _Clock) -> dict[str, Any]:
@@ -436,6 +447,14 @@ def _failures(store: Store, project: str, started: list[dict], timelines: dict, 
     return {"total": len(items), "items": items, **grouped,
             "by_stage": dict(sorted(Counter(i["stage"] for i in items).items())),
             "by_category": dict(sorted(Counter(i["category"] for i in items).items()))}
+
+
+def _usage(store: Store, project: str, day_start: float, until: float) -> dict[str, Any]:
+    """Tokens and cost of the collected attempts started in ``[day_start, until)``, per executor and node."""
+    return {**spent.rollup(store.usage_rows(project, since=day_start, until=until), by=("executor", "node")),
+            "source": spent.SOURCE,
+            "definition": "collected attempts (an executor recorded) that started this day; a cost shown as "
+                          "unknown was not reported and had no price, and is not counted as 0"}
 
 
 def _status_rounds(row: dict) -> list | None:
@@ -586,6 +605,8 @@ def headline(fig: dict) -> dict[str, Any]:
             "merged": len(fig["merges"]["today"]), "in_review": len(fig["merges"]["in_review"]),
             "blocked": len(fig["blocked"]), "failed": len(fig["failed"]), "attempts": fig["attempts_per_spec"]["attempts"],
             "utilisation": util["average"], "cycle_median_s": cycle["median_s"], "cycle_p90_s": cycle["p90_s"],
+            "input_tokens": fig["usage"]["total"]["input_tokens"], "output_tokens": fig["usage"]["total"]["output_tokens"],
+            "cost_usd": fig["usage"]["total"]["cost_usd"], "cost_unknown": fig["usage"]["total"]["cost_unknown"],
             "signals": [s["key"] for s in fig["signals"] if s["triggered"]]}
 
 
@@ -594,7 +615,29 @@ def summary_line(fig: dict) -> str:
     rate = f"{_pct(success['rate'])} ({success['succeeded']} of {success['decided']})" if success["decided"] else "n/a"
     return (f"{fig['project']} {fig['day']}: success {rate}, {len(fig['merges']['today'])} merged, "
             f"{len(fig['merges']['in_review'])} in review, {len(fig['blocked'])} blocked, "
-            f"utilisation {_pct(fig['utilisation']['average'])}")
+            f"utilisation {_pct(fig['utilisation']['average'])}, {_spent_short(fig['usage']['total'])}")
+
+
+def _spent_short(total: dict) -> str:
+    return (f"tokens {spent.tokens_text(total['input_tokens'])} in / {spent.tokens_text(total['output_tokens'])} out, "
+            f"cost {spent.cost_text(total)}")
+
+
+def _attempt_cost(view: dict) -> list[str]:
+    """Tokens in, tokens out and cost of one attempt: "-" until it is collected, an unknown cost as "unknown"."""
+    if not view["collected"]:
+        return ["-", "-", "-"]
+    cost = "unknown" if view["cost_usd"] is None else spent.dollars(float(view["cost_usd"]))
+    return [spent.tokens_text(view["input_tokens"]), spent.tokens_text(view["output_tokens"]), cost]
+
+
+def _usage_rows(usage: dict, key: str) -> list[list[Any]]:
+    """``key``, attempts, tokens in, tokens out, cost: one row per executor (or node), then the day's total."""
+    def cells(e: dict) -> list[Any]:
+        return [e["attempts"], spent.tokens_text(e["input_tokens"]), spent.tokens_text(e["output_tokens"]),
+                spent.cost_text(e)]
+    rows = [[e[key] if e[key] is not None else "(no node)", *cells(e)] for e in usage[f"by_{key}"]]
+    return rows + [["total", *cells(usage["total"])]] if rows else []
 
 
 def _md(text: Any) -> str:
@@ -619,7 +662,10 @@ def markdown(fig: dict) -> str:
             f"| failed | {len(fig['failed'])} |",
             f"| attempts | {fig['attempts_per_spec']['attempts']} |",
             f"| slot utilisation | {_pct(util['average'])} (target {_pct(util['target'])}+) |",
-            f"| cycle time median / p90 | {_duration(cycle['median_s'])} / {_duration(cycle['p90_s'])} |", ""]
+            f"| cycle time median / p90 | {_duration(cycle['median_s'])} / {_duration(cycle['p90_s'])} |",
+            f"| tokens in / out | {spent.tokens_text(fig['usage']['total']['input_tokens'])} / "
+            f"{spent.tokens_text(fig['usage']['total']['output_tokens'])} |",
+            f"| cost | {spent.cost_text(fig['usage']['total'])} |", ""]
     out += [f"Success rate: {success['definition']}.", ""]
     out += ["## Specs by state at the end of the day", "", "| state | specs |", "|---|---|"]
     out += [f"| {s} | {n} |" for s, n in fig["states"].items()] + [f"| total | {fig['specs_total']} |", ""]
@@ -651,9 +697,19 @@ def markdown(fig: dict) -> str:
     if fig["gantt"]["inferred_nodes"]:
         out += ["Lanes of " + ", ".join(_md(n) for n in fig["gantt"]["inferred_nodes"])
                 + " are assigned greedily: those attempts did not record their slot.", ""]
-    out += _md_table(["spec", "#", "node", "slot", "start", "end", "outcome", "executor", "reason"],
+    out += _md_table(["spec", "#", "node", "slot", "start", "end", "outcome", "executor", "tokens in", "tokens out",
+                      "cost", "reason"],
                      [[a["task_id"], a["number"], a["node"], a["lane"], a["start_local"], a["end_local"], a["category"],
-                       a["executor"], a["reason"]] for a in fig["gantt"]["attempts"]])
+                       a["executor"], *_attempt_cost(a), a["reason"]] for a in fig["gantt"]["attempts"]])
+    usage = fig["usage"]
+    out += ["## Tokens and cost", "",
+            f"Day total: {usage['total']['attempts']} collected attempts, "
+            f"{spent.tokens_text(usage['total']['input_tokens'])} tokens in, "
+            f"{spent.tokens_text(usage['total']['output_tokens'])} tokens out, cost {spent.cost_text(usage['total'])}. "
+            f"Counted: {usage['definition']}. Source: {usage['source']}.", ""]
+    for key in ("executor", "node"):
+        out += [f"### By {key}", ""]
+        out += _md_table([key, "attempts", "tokens in", "tokens out", "cost"], _usage_rows(usage, key))
     aps = fig["attempts_per_spec"]
     out += ["## Cycle time and attempts", "",
             f"Cycle time ({cycle['definition']}): median {_duration(cycle['median_s'])}, "
@@ -753,7 +809,11 @@ def html(fig: dict) -> str:
              ("slot utilisation", f"{_figure('utilisation', _pct(util['average']))}<div class=\"label\">target "
                                   f"{_e(_pct(util['target']))}+</div>"),
              ("cycle time median / p90", f"{_figure('cycle.median', _duration(cycle['median_s']))} / "
-                                         f"{_figure('cycle.p90', _duration(cycle['p90_s']))}")]
+                                         f"{_figure('cycle.p90', _duration(cycle['p90_s']))}"),
+             ("cost", f"{_figure('usage.cost', spent.cost_text(fig['usage']['total']))}<div class=\"label\">"
+                      f"{_figure('usage.input_tokens', spent.tokens_text(fig['usage']['total']['input_tokens']))} in / "
+                      f"{_figure('usage.output_tokens', spent.tokens_text(fig['usage']['total']['output_tokens']))} "
+                      "out tokens</div>")]
     parts.append('<section id="summary"><div class="cards">' + "".join(
         f'<div class="card"><div class="label">{_e(label)}</div><div class="value">{value}</div></div>'
         for label, value in cards) + "</div>")
@@ -843,6 +903,17 @@ def html(fig: dict) -> str:
                  f"was rate limited: {_figure('rate.exhausted', limits['chain_exhausted'])}.</p>"
                  + _table(["executor", "rate-limited tries"], [[k, v] for k, v in limits["tries_rate_limited"].items()])
                  + _table(["fallback", "times"], [[k, v] for k, v in limits["fallbacks"].items()]) + "</section>")
+    usage = fig["usage"]
+    parts.append('<section id="usage"><h2>Tokens and cost</h2>'
+                 f"<p>Day total: {_figure('usage.attempts', usage['total']['attempts'])} collected attempts, "
+                 f"{_figure('usage.total.input_tokens', spent.tokens_text(usage['total']['input_tokens']))} tokens in, "
+                 f"{_figure('usage.total.output_tokens', spent.tokens_text(usage['total']['output_tokens']))} tokens out, "
+                 f"cost {_figure('usage.total.cost', spent.cost_text(usage['total']))}.</p>"
+                 f'<p class="muted">Counted: {_e(usage["definition"])}. Source: {_e(usage["source"])}.</p>')
+    for key in ("executor", "node"):
+        parts.append(f"<h3>By {key}</h3>" + _table([key, "attempts", "tokens in", "tokens out", "cost"],
+                                                   _usage_rows(usage, key), key=f"usage.{key}"))
+    parts.append("</section>")
     conflicts = fig["conflicts"]
     parts.append('<section id="conflicts"><h2>Merge conflicts</h2>'
                  f"<p>{_figure('conflicts', conflicts['count'])} conflicts in "
@@ -894,7 +965,8 @@ def _gantt_svg(fig: dict) -> str:
         y = TOP + lanes[(attempt["node"], attempt["lane"])] * ROW + 3
         tip = (f"{attempt['task_id']} attempt {attempt['number']} on {attempt['node']}: {attempt['start_local']}–"
                f"{attempt['end_local']}, {attempt['category']}, {attempt['executor']}"
-               + (f" ({attempt['reason']})" if attempt["reason"] else ""))
+               + (f" ({attempt['reason']})" if attempt["reason"] else "")
+               + ("; tokens {} in / {} out, cost {}".format(*_attempt_cost(attempt)) if attempt["collected"] else ""))
         out.append(f'<rect class="bar {_e(attempt["category"])}" data-task="{_e(attempt["task_id"])}"'
                    f' data-attempt="{attempt["number"]}" x="{x1:.1f}" y="{y}" width="{max(2.0, x2 - x1):.1f}"'
                    f' height="{ROW - 6}" rx="2"><title>{_e(tip)}</title></rect>')
