@@ -15,6 +15,7 @@ ledger file *on the node*, which is the evidence of how many agents really ran.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -22,6 +23,7 @@ import re
 import signal
 import sqlite3
 import subprocess
+import threading
 import time
 from collections import Counter
 from functools import partial
@@ -59,6 +61,9 @@ class Site:
         (root / "bin" / "claude").symlink_to(FAKE)
         self.scenario = root / "scenario.json"
         self.scenario.write_text("{}")
+        # The agents run as the unprivileged agent user: the ledger is theirs to append to.
+        self.ledger.touch()
+        self.ledger.chmod(0o666)
         env = {"FAKE_AGENT_SCENARIO": str(self.scenario), "FAKE_AGENT_LEDGER": str(self.ledger)}
         self.vars = root / "vars.json"
         self.vars.write_text(json.dumps({
@@ -119,6 +124,33 @@ class Site:
     def ledger_lines(self) -> list[dict]:
         """One record per agent started on a node (written there by the fake agent)."""
         return [json.loads(line) for line in self.ledger.read_text().splitlines()] if self.ledger.exists() else []
+
+    @contextlib.contextmanager
+    def wedging(self):
+        """SIGSTOP each runner whose agent asks for it in the ledger (``wedge_runner``).
+
+        The agent runs as the agent user and cannot signal its runner (root's); this test
+        process can. The agent waits until its runner is stopped, so the wedge is placed by
+        that event, not by a guess about time.
+        """
+        done, stopped = threading.Event(), set()
+
+        def watch() -> None:
+            while not done.is_set():
+                for record in self.ledger_lines():
+                    pid = record.get("wedge")
+                    if pid and pid not in stopped:
+                        stopped.add(pid)
+                        os.kill(pid, signal.SIGSTOP)
+                done.wait(0.05)
+
+        thread = threading.Thread(target=watch, daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join()
 
     def ran(self, project: str) -> Counter:
         """How many agents ran per (task, attempt, run), from the node-side ledger."""
@@ -459,7 +491,8 @@ def test_gas_town_3584_a_stopped_heartbeat_is_read_and_the_wedged_run_killed_and
                   "W1": [{"write": {"pkg/w1.py": "A = 2\n"}}], "W2": [{"write": {"pkg/w2.py": "B = 1\n"}}],
                   "W3#1": [{"write": {"pkg/w3.py": "C = 1\n"}, "wedge_runner": True}],
                   "W3": [{"stdout": "Done, nothing to change."}]})
-    code, output = site.run("wedge")
+    with site.wedging():
+        code, output = site.run("wedge")
     assert code == 2, output[-4000:]  # W3 stalled, then failed (empty diff): the report says so
     assert site.states("wedge") == {"W1": "merged", "W2": "merged", "W3": "failed"}
     db = site.db()

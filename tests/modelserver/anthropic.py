@@ -19,6 +19,7 @@ import json
 import os
 import re
 import shlex
+from collections.abc import Callable
 from typing import Any
 
 from .core import Turn, all_text, send_events, send_json, send_rate_limit
@@ -156,9 +157,9 @@ def tool_calls(tools: list[dict], edits: dict[str, str], workspace: str | None) 
     return calls
 
 
-def shell_retry(body: dict, edits: dict[str, str], workspace: str | None) -> list[tuple[str, dict]]:
+def shell_retry(body: dict, edits: Callable[[], dict[str, str]], workspace: str | None) -> list[tuple[str, dict]]:
     """When the file-write calls came back as errors (e.g. a tool that wants a Read first), write the
-    same files once more through the shell tool; never twice."""
+    same files (``edits()``) once more through the shell tool; never twice."""
     messages = body.get("messages") or []
     last = next((m for m in reversed(messages) if m.get("role") == "user"
                  and any(b.get("type") == "tool_result" for b in _blocks(m.get("content")))), None)
@@ -175,7 +176,7 @@ def shell_retry(body: dict, edits: dict[str, str], workspace: str | None) -> lis
             for b in _blocks(m.get("content")) if b.get("type") == "tool_use"}
     if used & shell_names:
         return []
-    return tool_calls(shells, edits, workspace)
+    return tool_calls(shells, edits(), workspace)
 
 
 # -- answering ---------------------------------------------------------------------------
@@ -240,7 +241,7 @@ def messages(server, handler, method: str, path: str, body: Any) -> None:
     if action == "edit":
         calls = tool_calls(body.get("tools") or [], value.edits, turn.workspace)
     elif plan.edits and turn.tool_results:
-        calls = shell_retry(body, plan.edits, turn.workspace)
+        calls = shell_retry(body, lambda: server.resolved(plan, turn.workspace).edits, turn.workspace)
     else:
         calls = []
     if calls:

@@ -19,14 +19,17 @@ from __future__ import annotations
 import http.server
 import json
 import threading
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 
 @dataclass
 class Plan:
     """What the scripted model does for one task."""
-    edits: dict[str, str] = field(default_factory=dict)   # path relative to the workspace -> new content
+    # path relative to the workspace -> new content; or a function of the workspace folder that
+    # returns them (e.g. a recorded patch applied to what the workspace holds now)
+    edits: dict[str, str] | Callable[[str], dict[str, str]] = field(default_factory=dict)
     reply: str = "Done: the change is made."
     rate_limit: bool = False                               # every request of this task gets a 429
     input_tokens: int = 1200
@@ -53,6 +56,7 @@ class ModelServer:
         self.default = default or Plan()
         self.retry_after = retry_after
         self.requests: list[dict] = []
+        self.errors: list[str] = []      # tracebacks of requests the script failed to answer
         self.lock = threading.Lock()
         self.routes: list[tuple[Callable[[str, str], bool], Callable]] = []
         from . import anthropic, gemini, openai_chat, openai_responses  # each registers its routes
@@ -97,7 +101,13 @@ class ModelServer:
                                   "body": body})
         for matches, serve in self.routes:
             if matches(method, path.split("?", 1)[0]):
-                serve(self, handler, method, path, body)
+                try:
+                    serve(self, handler, method, path, body)
+                except Exception:  # the script broke: say so (a test checks errors), never drop the line
+                    import traceback
+                    self.errors.append(traceback.format_exc())
+                    send_json(handler, 500, {"error": {"message": "the scripted model server failed: "
+                                                                 + self.errors[-1].strip().splitlines()[-1]}})
                 return
         send_json(handler, 404, {"error": {"message": f"the scripted model server has no {method} {path}"}})
 
@@ -113,8 +123,15 @@ class ModelServer:
         if plan.rate_limit:
             return "rate_limit", None
         if turn.tools and plan.edits and turn.tool_results == 0:
-            return "edit", plan
+            return "edit", self.resolved(plan, turn.workspace)
         return "text", plan.reply
+
+    @staticmethod
+    def resolved(plan: Plan, workspace: str | None) -> Plan:
+        """``plan`` with its edits as a mapping (a function of the workspace is called now)."""
+        if callable(plan.edits):
+            return replace(plan, edits=plan.edits(workspace or ""))
+        return plan
 
     # -- life ---------------------------------------------------------------------------
 

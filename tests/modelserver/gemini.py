@@ -6,17 +6,20 @@ Routes (any API version prefix, ``/v1beta`` or ``/v1``)::
     POST /{version}/models/{model}:streamGenerateContent?alt=sse   the same answer as SSE ``data:`` chunks
     POST /{version}/models/{model}:countTokens                     {"totalTokens": n}
     POST /{version}/models/{model}:embedContent / :batchEmbedContents   zero vectors
-    GET  /{version}/models[/{model}]                               a model list naming the models asked for
+    GET  /v1beta/models[/{model}]                                  a model list naming the models asked for
 
 A request is reduced to a :class:`Turn`: its model (from the path), every text in it, the
 function declarations it offers (``tools[].functionDeclarations``) and how many
 ``functionResponse`` parts the conversation holds. The script then answers with:
 
 - ``rate_limit``: HTTP 429, Google's error body ``{"error": {"code": 429, "status":
-  "RESOURCE_EXHAUSTED", ...}}`` and ``Retry-After``;
-- ``edit``: one ``functionCall`` part per planned file, through the write tool the request
-  offers (a tool whose parameters name a path and a content), else its shell tool (a
-  ``command`` parameter) with a ``printf`` into the file;
+  "RESOURCE_EXHAUSTED", "message": ..., "details": [RetryInfo {"retryDelay": "<retry_after>s"}]}}``
+  and ``Retry-After`` (Gemini CLI reads only the RetryInfo delay);
+- ``edit``: one ``functionCall`` part per planned file (each in its own SSE chunk), through the
+  write tool the request offers (a tool whose parameters name a path and a content: Gemini CLI's
+  ``write_file {file_path, content}``; the path is absolute only when the parameter's description
+  asks for it, made from the workspace found in the request, Gemini CLI's "Workspace
+  Directories" session context), else its shell tool (a ``command`` parameter) with ``printf``;
 - ``text``: the plan's reply.
 
 Side calls that ask for JSON (``generationConfig.responseMimeType: application/json``, as
@@ -37,7 +40,8 @@ from .core import Turn, all_text, send_events, send_json, send_rate_limit
 API = "gemini"
 
 _MODEL_PATH = re.compile(r"^/(?:v\d+\w*/)?models/(?P<model>[^/:]+):(?P<method>[A-Za-z]+)$")
-_LIST_PATH = re.compile(r"^/(?:v\d+\w*/)?models(?:/(?P<model>[^/:]+))?$")
+# only the beta versions: GET /v1/models is OpenAI's model list, served by the openai modules
+_LIST_PATH = re.compile(r"^/v\d+(?:beta|alpha)\w*/models(?:/(?P<model>[^/:]+))?$")
 
 # "I'm currently working in the directory: /x", "current working directory ... is /x",
 # "<cwd>/x</cwd>", "Directory: /x" ... the first absolute path after such words.
@@ -243,11 +247,14 @@ def _response(model: str, parts: list[dict], usage: dict | None, finish: str | N
     return out
 
 
-def rate_limit_body(model: str) -> dict:
+def rate_limit_body(model: str, retry_after: int = 1) -> dict:
+    """Google's 429 body. Gemini CLI ignores the Retry-After header and reads the delay from the
+    RetryInfo detail; without any detail it still retries (5 s, 10 s, 20 s, 30 s... backoff)."""
     return {"error": {"code": 429, "status": "RESOURCE_EXHAUSTED",
                       "message": f"Resource has been exhausted (e.g. check quota). The scripted model server "
                                  f"rate-limits {model}.",
-                      "details": [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "1s"}]}}
+                      "details": [{"@type": "type.googleapis.com/google.rpc.RetryInfo",
+                                   "retryDelay": f"{retry_after}s"}]}}
 
 
 def _serve_model(server, handler, method: str, path: str, body: Any) -> None:
@@ -272,7 +279,7 @@ def _serve_model(server, handler, method: str, path: str, body: Any) -> None:
     action, arg = server.decide(turn)
     plan = server.plan_for(turn.text)
     if action == "rate_limit":
-        send_rate_limit(server, handler, rate_limit_body(model))
+        send_rate_limit(server, handler, rate_limit_body(model, server.retry_after))
         return
     schema = _json_schema(body)
     if schema is not None:

@@ -260,14 +260,18 @@ def serve_chat(server, handler, method: str, path: str, body: Any) -> None:
     turn = make_turn(body)
     plan = server.plan_for(turn.text)
     messages = [m for m in body.get("messages") or [] if isinstance(m, dict)]
-    edit_format = None if turn.tools else text_edit_format(_system_text(messages))
+    # aider sends its edit-format rules as the system message (as a user message for models
+    # without a system role)
+    edit_format = None if turn.tools else (text_edit_format(_system_text(messages))
+                                           or text_edit_format(turn.text))
     # a text edit format counts as the client's (only) tool; it never sends tool results, and
     # answering with the edits again is right: aider asks again only after adding files to its chat
     kind, value = server.decide(replace(turn, tools=[f"text-edit-format:{edit_format[0]}"])
                                 if edit_format else turn)
     if kind == "rate_limit":
         send_rate_limit(server, handler, {"error": {
-            "message": "Rate limit reached for requests (scripted model server). Please try again in 1s.",
+            "message": f"Rate limit reached for requests (scripted model server). "
+                       f"Please try again in {server.retry_after}s.",
             "type": "rate_limit_error", "param": None, "code": "rate_limit_exceeded"}})
         return
     if kind == "edit":

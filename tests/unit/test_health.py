@@ -7,8 +7,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from specfleet.attempt import RUNNER_FILES
 from specfleet import health
+from specfleet.attempt import RUNNER_FILES
 from specfleet.runner import runner_version
 from tests.conftest import REPO_ROOT
 

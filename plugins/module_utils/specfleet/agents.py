@@ -18,6 +18,7 @@ import json
 import os
 import pwd
 import re
+import shutil
 from urllib.parse import urlsplit
 
 # A rate limit is read from error lines only, never from a file name or the agent's prose:
@@ -474,7 +475,752 @@ class Codex(Dialect):
         return {"usage": usage, "rate_limited": rate_limited, "error": error}
 
 
-DIALECTS: dict[str, Dialect] = {"custom": Dialect(), "claude": Claude(), "codex": Codex()}
+# -- aider: aider --------------------------------------------------------------------------
+
+AIDER_DOC = """aider (aider-chat 0.86.2) dialect. Standard library only.
+
+aider does not use tool calls: it edits through a text edit format. We force ``--edit-format
+whole`` (the model answers with a *file listing*: the path on one line, then the whole new
+content in a fenced block), which needs no knowledge of the old content and also creates new
+files. aider applies an edit to a file not "in the chat" after a confirm that ``--yes-always``
+answers yes; files of the git repo named in the prompt (by their relative path, or by a unique
+basename containing ``.``, ``_``, ``-`` or ``/``) are added to the chat before the first request
+(``check_for_file_mentions`` on the user message), so the model sees their content.
+
+aider runs through a small Python wrapper in its own interpreter (read from the ``aider``
+script's shebang) so that: its own retry loop is bounded by ``settings["max_retries"]`` (aider
+hard-codes RETRY_TIMEOUT = 60 s, ~64 s of sleeps, plus the OpenAI SDK's own retries: ~85 s
+measured); the key in ``settings["key_env"]`` reaches litellm as OPENAI_API_KEY /
+ANTHROPIC_API_KEY; no browser is ever opened; and a request that finally failed (429 after
+the retries, auth error, ...) exits 1 instead of aider's 0; and a prompt starting with "/" or
+"!" is not run as an aider command (``!cmd`` would run a shell command); and the workspace's
+own ``.aider.conf.yml`` and ``.env`` files are not read (a repo could otherwise set, e.g.,
+OPENAI_API_BASE / OPENAI_API_KEY / lint or test commands; only $HOME/.aider.conf.yml counts).
+If the interpreter cannot be found, plain ``aider`` is run (then the bound is aider's ~64 s of
+sleeps, rc stays 0 on failure, and the key must already be in OPENAI_API_KEY).
+
+Retries: n = settings["max_retries"] (default 4, at most 7) retries after the first failed
+request, sleeping 0.25, 0.5, ... 0.125*2**n s (0.25*(2**n - 1) s in all; n=4: 3.75 s, n=7:
+31.75 s); the SDK under litellm does not retry (extra_params max_retries 0). Retry-After is
+not honoured by aider's loop.
+"""
+
+class Aider(Dialect):
+    __doc__ = AIDER_DOC
+
+    name = "aider"
+    program = "aider"
+    prompt = "file"          # --message-file <prompt_file>
+
+    DEFAULT_RETRIES = 4      # aider's own retries after a failed request: 0.25+0.5+1+2 s of sleep
+    MAX_RETRIES = 7          # 31.75 s of sleep (aider's built-in RETRY_TIMEOUT 60 s: 8 retries, 63.75 s)
+
+    # -- helpers ------------------------------------------------------------------------
+
+    @staticmethod
+    def _api(settings: dict) -> str:
+        api = settings.get("api") or "openai"
+        if api not in ("openai", "anthropic"):
+            raise ValueError(f"aider dialect: api {api!r} is not supported (openai | anthropic)")
+        return api
+
+    def _model(self, settings: dict) -> str:
+        return f"{self._api(settings)}/{settings['model']}"
+
+    def _retries(self, settings: dict) -> int:
+        value = settings.get("max_retries")
+        if value is None:
+            return self.DEFAULT_RETRIES
+        return max(0, min(int(value), self.MAX_RETRIES))
+
+    @staticmethod
+    def _python() -> str | None:
+        """aider's interpreter, from the console script's shebang."""
+        path = shutil.which("aider")
+        if not path:
+            return None
+        try:
+            with open(path, "rb") as f:
+                first = f.readline().decode("utf-8", "replace").strip()
+        except OSError:
+            return None
+        if first.startswith("#!") and "python" in first and " " not in first[2:].strip():
+            return first[2:].strip()
+        return None
+
+    # -- the interface ------------------------------------------------------------------
+
+    def setup(self, settings: dict, home: str, workspace: str) -> dict[str, str]:
+        model = self._model(settings)
+        state = os.path.join(home, ".aider")
+        os.makedirs(state, exist_ok=True)
+        # Model metadata: aider otherwise downloads litellm's price list from GitHub into
+        # ~/.aider/caches for a model it does not know. No prices: aider reports no cost.
+        metadata = os.path.join(home, ".aider.model.metadata.json")
+        with open(metadata, "w") as f:
+            json.dump({model: {"max_input_tokens": 200000, "max_output_tokens": 32000,
+                               "litellm_provider": self._api(settings), "mode": "chat"}}, f, indent=1)
+        # Merged into every model's litellm kwargs: no hidden OpenAI/Anthropic SDK retries
+        # (aider's own loop does the retrying, bounded by the wrapper).
+        model_settings = os.path.join(home, ".aider.model.settings.yml")
+        with open(model_settings, "w") as f:
+            json.dump([{"name": "aider/extra_params", "extra_params": {"max_retries": 0}}], f, indent=1)
+        # Analytics: permanently off, never asked.
+        with open(os.path.join(state, "analytics.json"), "w") as f:
+            json.dump({"uuid": "00000000-0000-4000-8000-000000000000", "permanently_disable": True,
+                       "asked_opt_in": True}, f)
+        env = {
+            "AIDER_MODEL_METADATA_FILE": metadata,
+            "AIDER_MODEL_SETTINGS_FILE": model_settings,
+            "AIDER_CHAT_HISTORY_FILE": os.path.join(state, "chat.history.md"),
+            "AIDER_INPUT_HISTORY_FILE": os.path.join(state, "input.history"),
+            "LITELLM_LOCAL_MODEL_COST_MAP": "True",   # litellm: no price-list download at import
+            "BROWSER": "true",                          # webbrowser.open() runs `true <url>`
+            "GIT_TERMINAL_PROMPT": "0",
+            "COLUMNS": "1000",                          # rich: do not wrap error lines at 80 columns
+        }
+        api = self._api(settings)
+        key_var = "OPENAI_API_KEY" if api == "openai" else "ANTHROPIC_API_KEY"
+        if not settings.get("key_env"):
+            env[key_var] = "specfleet-no-key"           # litellm refuses to send without a key
+        if api == "anthropic" and settings.get("base_url"):
+            env["ANTHROPIC_API_BASE"] = settings["base_url"]   # litellm appends /v1/messages
+        return env
+
+    def argv(self, settings: dict, prompt_text: str, prompt_file: str) -> list[str]:
+        api = self._api(settings)
+        model = self._model(settings)
+        args = [
+            "--model", model, "--weak-model", model, "--editor-model", model,
+            "--edit-format", "whole",
+            "--message-file", prompt_file,
+            "--yes-always",
+            "--no-stream",                 # usage from the provider's response, not a local estimate
+            "--no-pretty", "--no-fancy-input", "--no-multiline", "--no-notifications",
+            "--no-gitignore",              # do not add .aider* to .gitignore
+            "--map-tokens", "0",           # no repo map: no .aider.tags.cache.v4/ in the workspace
+            "--no-auto-commits", "--no-dirty-commits",   # leave committing to specfleet
+            "--no-auto-lint", "--no-auto-test",
+            "--no-suggest-shell-commands", "--no-detect-urls",
+            "--no-check-update", "--no-show-release-notes",
+            "--analytics-disable", "--no-analytics",
+            "--no-show-model-warnings", "--no-check-model-accepts-settings",
+            "--no-restore-chat-history",
+            "--encoding", "utf-8",
+        ]
+        if api == "openai" and settings.get("base_url"):
+            args += ["--openai-api-base", settings["base_url"]]
+        args += list(settings.get("args") or [])
+        python = self._python()
+        if not python:
+            return ["aider"] + args
+        key_var = "OPENAI_API_KEY" if api == "openai" else "ANTHROPIC_API_KEY"
+        retry_timeout = 0.125 * 2 ** self._retries(settings)
+        code = (
+            "import os,sys\n"
+            f"k={settings.get('key_env') or ''!r}\n"
+            f"if k and os.environ.get(k): os.environ[{key_var!r}]=os.environ[k]\n"
+            "import aider.models as m, aider.coders.base_coder as b, aider.io as i\n"
+            f"m.RETRY_TIMEOUT=b.RETRY_TIMEOUT={retry_timeout!r}\n"
+            "i.InputOutput.offer_url=lambda self,*a,**kw: False\n"
+            "import aider.commands as c\n"
+            "c.Commands.is_command=lambda self,inp: False\n"
+            "import json, aider.analytics as an\n"
+            "_e=an.Analytics.event\n"
+            "def _event(self,name,main_model=None,**kw):\n"
+            "    if name=='message_send':\n"
+            "        print('specfleet-aider-usage: '+json.dumps(dict(kw,main_model=getattr(main_model,'name',None))),"
+            "file=sys.stderr,flush=True)\n"
+            "    return _e(self,name,main_model,**kw)\n"
+            "an.Analytics.event=_event\n"
+            "failed=[]\n"
+            "_c=b.Coder.check_and_open_urls\n"
+            "def _check(self,exc,friendly_msg=None):\n"
+            "    failed.append(type(exc).__name__)\n"
+            "    print('specfleet-aider: request failed: '+type(exc).__name__, file=sys.stderr)\n"
+            "    return _c(self,exc,friendly_msg)\n"
+            "b.Coder.check_and_open_urls=_check\n"
+            "import aider.main as am\n"
+            "_gp=am.get_parser\n"
+            "home=os.path.expanduser('~')\n"
+            "am.get_parser=lambda files,root: _gp([f for f in files if os.path.dirname(f)==home],root)\n"
+            "am.load_dotenv_files=lambda *a,**kw: []\n"
+            "sys.argv[0]='aider'\n"
+            "rc=am.main()\n"
+            "sys.exit(rc if rc else (1 if failed else 0))\n"
+        )
+        return [python, "-c", code] + args
+
+    # -- the result ---------------------------------------------------------------------
+
+    TOKENS = re.compile(r"^Tokens: ([\d.]+k?) sent(?:, [\d.]+k? cache write)?(?:, [\d.]+k? cache hit)?, "
+                        r"([\d.]+k?) received\.(?: Cost: \$([\d.]+) message, \$([\d.]+) session\.)?", re.M)
+    RATE_LINE = re.compile(r"^(?:litellm\.RateLimitError:|specfleet-aider: request failed: RateLimitError"
+                           r"|The API provider has rate limited you\.)", re.M)
+
+    @staticmethod
+    def _count(text: str) -> int:
+        return int(round(float(text[:-1]) * 1000)) if text.endswith("k") else int(text)
+
+    def read(self, output: str, rc: int, timed_out: bool) -> dict:
+        # usage: one "specfleet-aider-usage: {json}" line per answered request (the wrapper
+        # prints aider's own message_send analytics event: exact provider token counts)
+        usage = None
+        model = None
+        tokens_in = tokens_out = events = 0
+        cost = None
+        for line in output.splitlines():
+            if not line.startswith("specfleet-aider-usage: "):
+                continue
+            try:
+                props = json.loads(line.split(": ", 1)[1])
+            except ValueError:
+                continue
+            events += 1
+            model = props.get("main_model") or model
+            tokens_in += int(props.get("prompt_tokens") or 0)
+            tokens_out += int(props.get("completion_tokens") or 0)
+            if props.get("total_cost"):
+                cost = float(props["total_cost"])
+        if events:
+            usage = {"model": model, "input_tokens": tokens_in, "output_tokens": tokens_out, "cost_usd": cost}
+        else:   # plain aider (no wrapper): the human "Tokens: 1.2k sent, 321 received." lines (rounded)
+            found = self.TOKENS.findall(output)
+            if found:
+                m = re.search(r"^Model: (\S+)", output, re.M)
+                costs = [float(c[3]) for c in found if c[3]]
+                usage = {"model": m.group(1) if m else None,
+                         "input_tokens": sum(self._count(f[0]) for f in found),
+                         "output_tokens": sum(self._count(f[1]) for f in found),
+                         "cost_usd": costs[-1] if costs and costs[-1] else None}
+        if usage and usage["model"]:
+            provider, _, name = usage["model"].partition("/")
+            if provider in ("openai", "anthropic") and name:
+                usage["model"] = name
+        rate_limited = bool(self.RATE_LINE.search(output))
+        failures = re.findall(r"^specfleet-aider: request failed: (\w+)", output, re.M)
+        errors = re.findall(r"^litellm\.(\w+): (.*)$", output, re.M)
+        error = None
+        if failures or (rc and not timed_out) or (errors and not usage):
+            if errors:
+                error = f"{errors[-1][0]}: {errors[-1][1]}"
+            elif failures:
+                error = f"request failed: {failures[-1]}"
+            else:
+                lines = [ln for ln in output.splitlines() if ln.strip()]
+                error = lines[-1] if lines else f"aider exited {rc}"
+        elif timed_out:
+            error = "timed out"
+        return {"usage": usage, "rate_limited": rate_limited, "error": error[:300] if error else None}
+
+
+
+# -- opencode: OpenCode --------------------------------------------------------------------
+
+OPENCODE_DOC = """OpenCode (opencode-ai 1.18.33) dialect. Standard library only.
+
+With no ``--model`` OpenCode silently uses its hosted default, and with only env keys it
+auto-enables every built-in provider. So we write a config that defines one provider,
+``specfleet``, and enables only it; ``--model specfleet/<model>`` and ``model`` /
+``small_model`` in the config all name ``settings["model"]``. The provider's AI SDK package is
+chosen by ``settings["api"]`` among the packages bundled in the opencode binary (a provider
+package that is not bundled would be installed from npm at run time):
+
+    openai     -> @ai-sdk/openai-compatible   POST {base_url}/chat/completions
+    anthropic  -> @ai-sdk/anthropic           POST {base_url}/v1/messages
+    responses  -> @ai-sdk/openai              POST {base_url}/responses (base_url with its /v1)
+    gemini     -> @ai-sdk/google              {base_url}/v1beta/models/...
+
+The key is passed as ``"apiKey": "{env:<key_env>}"`` (OpenCode substitutes {env:VAR} in its
+config), so the secret never lands in a file.
+"""
+
+OPENCODE_PACKAGES = {
+    "openai": "@ai-sdk/openai-compatible",
+    "anthropic": "@ai-sdk/anthropic",
+    "responses": "@ai-sdk/openai",
+    "gemini": "@ai-sdk/google",
+}
+OPENCODE_VERSION = "1.18.33"
+
+
+class Opencode(Dialect):
+    __doc__ = OPENCODE_DOC
+
+    name = "opencode"
+    program = "opencode"
+    prompt = "stdin"      # `opencode run` reads the message from stdin when stdin is not a TTY
+
+    PROVIDER = "specfleet"
+
+    @staticmethod
+    def _base_url(api: str, base_url: str | None) -> str | None:
+        if not base_url:
+            return None
+        base = base_url.rstrip("/")
+        if api == "anthropic" and not base.endswith("/v1"):
+            return base + "/v1"          # @ai-sdk/anthropic posts to {baseURL}/messages
+        if api == "gemini" and not base.endswith("/v1beta"):
+            return base + "/v1beta"
+        return base                      # openai-compatible: {baseURL}/chat/completions as given
+
+    def config(self, settings: dict) -> dict:
+        api = settings.get("api") or "openai"
+        if api not in OPENCODE_PACKAGES:
+            raise ValueError(f"opencode dialect: api {api!r} is not supported ({' | '.join(OPENCODE_PACKAGES)})")
+        model = settings["model"]
+        # OpenCode reads {env:VAR} itself: the key never lands in the config file.
+        key_env = settings.get("key_env")
+        options: dict = {"apiKey": "{env:" + key_env + "}" if key_env else "specfleet-no-key"}
+        base = self._base_url(api, settings.get("base_url"))
+        if base:
+            options["baseURL"] = base
+        full = f"{self.PROVIDER}/{model}"
+        return {
+            "autoupdate": False,
+            "share": "disabled",
+            "snapshot": False,           # no shadow git copy of the workspace under ~/.local/share
+            "lsp": False,
+            "formatter": False,
+            "mcp": {},
+            "plugin": [],
+            "enabled_providers": [self.PROVIDER],
+            "model": full,
+            "small_model": full,
+            "provider": {self.PROVIDER: {
+                "npm": OPENCODE_PACKAGES[api],
+                "name": "specfleet",
+                "options": options,
+                "models": {model: {"name": model, "tool_call": True, "attachment": False,
+                                   "limit": {"context": 128000, "output": 16384}}},
+            }},
+        }
+
+    def setup(self, settings: dict, home: str, workspace: str) -> dict[str, str]:
+        config_home = os.path.join(home, ".config")
+        config_dir = os.path.join(config_home, "opencode")
+        os.makedirs(config_dir, exist_ok=True)
+        path = os.path.join(config_dir, "opencode.json")
+        with open(path, "w") as f:
+            json.dump(self.config(settings), f, indent=2)
+        # OpenCode runs a background `npm install @opencode-ai/plugin` (registry.npmjs.org) in
+        # every writable config dir whose node_modules is missing or whose package-lock.json
+        # lacks a dependency of package.json. An empty node_modules and a matching
+        # package.json / package-lock.json make it skip that.
+        os.makedirs(os.path.join(config_dir, "node_modules"), exist_ok=True)
+        deps = {"@opencode-ai/plugin": OPENCODE_VERSION}
+        with open(os.path.join(config_dir, "package.json"), "w") as f:
+            json.dump({"dependencies": deps}, f)
+        with open(os.path.join(config_dir, "package-lock.json"), "w") as f:
+            json.dump({"lockfileVersion": 3, "requires": True, "packages": {"": {"dependencies": deps}}}, f)
+        tmp = os.path.join(home, "tmp")
+        os.makedirs(tmp, exist_ok=True)
+        return {
+            "TMPDIR": tmp,                           # Bun extracts a 5.5 MB .so into $TMPDIR per run, never removed
+            "XDG_CONFIG_HOME": config_home,        # OpenCode's global config dir = the one prepared above
+            "OPENCODE_CONFIG": path,
+            "OPENCODE_DISABLE_PROJECT_CONFIG": "1",  # no opencode.json / .opencode/ (plugins, MCP) from the repo
+            "OPENCODE_DISABLE_MODELS_FETCH": "1",    # no GET https://models.opencode.ai/api.json
+            "OPENCODE_DISABLE_AUTOUPDATE": "1",
+            "OPENCODE_DISABLE_SHARE": "1",
+            "OPENCODE_DISABLE_LSP_DOWNLOAD": "1",
+            "OPENCODE_DISABLE_DEFAULT_PLUGINS": "1",
+            "OPENCODE_PURE": "1",                    # no external plugins
+            "npm_config_registry": "http://127.0.0.1:9/",  # any npm install left fails at once, locally
+        }
+
+    def argv(self, settings: dict, prompt_text: str, prompt_file: str) -> list[str]:
+        return ["opencode", "run",
+                "--format", "json",                 # one JSON event per line on stdout
+                "--model", f"{self.PROVIDER}/{settings['model']}",
+                "--auto",                           # approve permission asks (no TTY to ask on)
+                "--title", "specfleet",             # no title-generation request
+                "--print-logs", "--log-level", "INFO",   # stderr: model id, retries, errors
+                ] + list(settings.get("args") or [])
+
+    # -- the result ---------------------------------------------------------------------
+
+    RATE = re.compile(r"\b429\b|rate[ _-]?limit|too many requests|quota|resource[ _]exhausted"
+                      r"|usage limit|FreeUsageLimitError|GoUsageLimitError", re.I)
+
+    def read(self, output: str, rc: int, timed_out: bool) -> dict:
+        tokens_in = tokens_out = 0
+        cost = 0.0
+        steps = 0
+        errors: list[dict] = []
+        for line in output.splitlines():
+            line = line.strip()
+            if not line.startswith("{"):
+                continue
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if not isinstance(event, dict):
+                continue
+            kind = event.get("type")
+            part = event.get("part") or {}
+            if kind == "step_finish":
+                steps += 1
+                tokens = part.get("tokens") or {}
+                cache = tokens.get("cache") or {}
+                tokens_in += (int(tokens.get("input") or 0) + int(cache.get("read") or 0)
+                              + int(cache.get("write") or 0))
+                tokens_out += int(tokens.get("output") or 0)
+                cost += float(part.get("cost") or 0)
+            elif kind == "error":
+                errors.append(event.get("error") or {})
+        models = re.findall(r"message=stream providerID=\S+ modelID=(\S+) .*?small=false", output)
+        usage = None
+        if steps:
+            usage = {"model": models[-1] if models else None, "input_tokens": tokens_in,
+                     "output_tokens": tokens_out, "cost_usd": cost or None}
+        stream_errors = re.findall(r'message="stream error" .*?error\.error="?(.*?)"?$', output, re.M)
+        rate_limited = False
+        error = None
+        for err in errors:
+            data = err.get("data") or {}
+            text = " ".join(str(x) for x in (err.get("name"), data.get("message"), data.get("responseBody")) if x)
+            if data.get("statusCode") == 429 or self.RATE.search(text):
+                rate_limited = True
+        if errors:
+            last = errors[-1]
+            data = last.get("data") or {}
+            status = data.get("statusCode")
+            name = last.get("name") or "error"
+            error = f"{name}{f' {status}' if status else ''}: {data.get('message') or ''}".strip()
+        if not rate_limited and stream_errors and (timed_out or rc or errors):
+            rate_limited = any(self.RATE.search(text) for text in stream_errors[-3:])
+        if error is None and (rc or timed_out):
+            if stream_errors:
+                error = stream_errors[-1]
+            elif timed_out:
+                error = "timed out"
+            else:
+                lines = [ln for ln in output.splitlines() if "level=ERROR" in ln] or \
+                        [ln for ln in output.splitlines() if ln.strip()]
+                error = lines[-1] if lines else f"opencode exited {rc}"
+        if error:
+            error = error.replace("\n", " ")[:300]
+        return {"usage": usage, "rate_limited": rate_limited, "error": error}
+
+
+
+# -- gemini: Gemini CLI --------------------------------------------------------------------
+
+GEMINI_DOC = """Gemini CLI (@google/gemini-cli 0.61.0) as a specfleet agent dialect (stdlib only).
+
+Every fact below was checked against the installed bundle and a scripted loopback server
+(/tmp/dialects/try_gemini.py), as root and as an unprivileged user.
+
+argv: ``gemini -p "" --model M --skip-trust --approval-mode yolo --output-format stream-json
+--allowed-mcp-server-names specfleet-no-mcp-server --extensions none [args...]``, prompt on stdin
+- ``-p ""`` forces headless mode; the CLI prepends stdin (up to 8 MiB) to the empty -p text, so the
+  spec is not limited by the argv size. (As in any headless run, a prompt starting with "/" is a
+  slash command and ``@path`` words are file includes.)
+- ``--skip-trust`` (= GEMINI_CLI_TRUST_WORKSPACE=true): else exit 55 "not running in a trusted directory".
+- ``--approval-mode yolo``: every tool call approved.
+- ``--output-format stream-json``: JSONL events init/message/tool_use/tool_result/error/result; the
+  ``result`` event has per-model token stats, also when the run failed (``--output-format json``
+  has none on errors and prints nothing before the end).
+- ``--allowed-mcp-server-names <impossible name>``: no MCP server starts, not even one that a
+  workspace's .gemini/settings.json declares (an empty ``mcp.allowed`` would block nothing and the
+  settings allowlists are intersected across scopes); ``--extensions none``: no extension loads.
+
+settings (``~/.gemini/settings.json`` and, when setup runs as root, the same file as "system
+settings" in a root-owned directory, see SYSTEM_SETTINGS_DIR):
+- ``security.auth.selectedType: gemini-api-key``: with GOOGLE_GEMINI_BASE_URL set and no selected
+  type the CLI picks its "gateway" auth type and exits 41 "Invalid auth method selected.".
+- ``general.maxAttempts`` (1-10, per request, first try included) bounds the CLI's own 429/5xx
+  retry loop: default 10 = ~240 s. Backoff 5 s, 10 s, 20 s, then 30 s (+0-20 % jitter), or the
+  body's RetryInfo delay when longer (the Retry-After header is not read). 3 attempts ~16-19 s,
+  4 attempts ~36-43 s (measured). Here max_retries + 1, capped at 4.
+- model pinning: ``model.name``; ``experimental.dynamicModelConfiguration`` with
+  ``modelConfigs.modelIdResolutions[M] = {default: M, contexts: []}`` (else the CLI rewrites names,
+  e.g. gemini-3-pro-preview -> gemini-3.1-pro-preview(-customtools), gemini-2.5-flash ->
+  gemini-3.8-flash) and ``modelConfigs.modelChains`` = [M] for every built-in chain (else a 429 on
+  a flash-lite model silently falls back to gemini-3.8-flash); ``modelConfigs.customOverrides``
+  set M for every internal alias (next-speaker check, loop detection, compression, summarizers,
+  web fetch/search, classifier, edit fixer: gemini-3-flash-preview & co. by default).
+  Three names are rewritten after all that, in the API-key content generator itself:
+  gemini-3.5-flash and gemini-3-flash -> gemini-3.8-flash, gemini-3.1-flash-lite ->
+  gemini-3.5-flash-lite; setup() refuses them.
+- off: usage statistics (Clearcut, play.googleapis.com: the only outside host a default headless
+  run contacts), telemetry, auto update + notification, IDE, subagents, extension management /
+  config / registry, auto memory, checkpointing, session-retention sweeps, loop detection and
+  next-speaker LLM checks, hooks, the CLI's own sandbox (docker image pull), ripgrep lookup,
+  Node memory relaunch.
+
+env: GOOGLE_GEMINI_BASE_URL (settings["base_url"], else Google's own URL pinned so a workspace
+.gemini/.env cannot set it), GEMINI_API_KEY (copied from settings["key_env"] by a ``/bin/sh -c``
+wrapper when the key lives elsewhere), GEMINI_CLI_SYSTEM_SETTINGS_PATH / _DEFAULTS_PATH,
+GEMINI_CLI_TRUST_WORKSPACE=true, GEMINI_CLI_NO_RELAUNCH=true, GEMINI_TELEMETRY_ENABLED=false,
+GEMINI_SANDBOX=false, TMPDIR=<home>/tmp (the ``gemini-client-error-*.json`` report written on an
+API error goes there, not to /tmp), NO_COLOR=1, and the proxy variables pinned to the runner's own
+values (else "") so a workspace .gemini/.env cannot route the key through a proxy.
+
+Files: workspace untouched but for the agent's edits; HOME: .gemini/{settings.json, projects.json,
+history/<ws>/.project_root, tmp/<ws>/.project_root, tmp/<ws>/chats/session-*.jsonl (the whole
+conversation), tmp/<ws>/logs/}, tmp/gemini-client-error-*.json on API errors; nothing in /tmp.
+
+Exit codes: 0 ok; 1 general error; 41 auth; 42 input; 53 turn limit; 55 untrusted folder; an API
+error exits with its HTTP status modulo 256 (429 -> 173).
+"""
+
+class Gemini(Dialect):
+    __doc__ = GEMINI_DOC
+
+    name = "gemini"
+    program = "gemini"
+    prompt = "stdin"
+
+    # how many attempts (first try included) the CLI may make per request; 4 attempts with
+    # retry_after=1 took 37-43 s (measured), 5 would take ~65-78 s
+    MAX_ATTEMPTS_CAP = 4
+
+    # aliases that name a model of their own in the CLI's built-in model configs (0.61.0); an
+    # override matching an alias anywhere in a request's alias chain sets the model. "base" is in
+    # the chain of every utility alias that extends it and of the chat model itself.
+    MODEL_ALIASES = (
+        "base", "chat-base", "chat-base-2.5", "chat-base-3",
+        "gemini-2.5-flash-base", "gemini-3-flash-base", "gemini-3.5-flash-base",
+        "classifier", "prompt-completion", "fast-ack-helper", "edit-corrector",
+        "summarizer-default", "summarizer-shell", "web-search", "web-fetch", "web-fetch-fallback",
+        "loop-detection", "loop-detection-double-check", "llm-edit-fixer", "next-speaker-checker",
+        "context-snapshotter", "context-calibrator",
+        "chat-compression-3-pro", "chat-compression-3-flash", "chat-compression-3.1-flash-lite",
+        "chat-compression-2.5-pro", "chat-compression-2.5-flash", "chat-compression-2.5-flash-lite",
+        "chat-compression-default", "agent-history-provider-summarizer",
+    )
+
+    # the CLI's built-in fallback chains (0.61.0): each becomes [the configured model]
+    MODEL_CHAINS = ("preview", "auto-preview", "default", "auto-default", "lite")
+
+    @staticmethod
+    def _policy(model: str) -> dict:
+        return {"model": model, "isLastResort": True,
+                "actions": {kind: "prompt" for kind in ("terminal", "transient", "not_found", "unknown")},
+                "stateTransitions": {kind: "terminal" for kind in ("terminal", "transient", "not_found", "unknown")}}
+
+    def _attempts(self, settings: dict) -> int:
+        retries = settings.get("max_retries")
+        retries = 2 if retries is None else int(retries)
+        return max(1, min(self.MAX_ATTEMPTS_CAP, retries + 1))
+
+    def config(self, settings: dict) -> dict:
+        """The content of ~/.gemini/settings.json."""
+        model = settings["model"]
+        return {
+            "security": {
+                "auth": {"selectedType": "gemini-api-key"},
+                "folderTrust": {"enabled": False},
+            },
+            "general": {
+                "maxAttempts": self._attempts(settings),
+                "enableAutoUpdate": False,
+                "enableAutoUpdateNotification": False,
+                "checkpointing": {"enabled": False},
+                "sessionRetention": {"enabled": False},
+                "plan": {"modelRouting": False},
+            },
+            "privacy": {"usageStatisticsEnabled": False},
+            "telemetry": {"enabled": False, "logPrompts": False},
+            "ide": {"enabled": False, "hasSeenNudge": True},
+            "model": {
+                "name": model,
+                "skipNextSpeakerCheck": True,
+                "disableLoopDetection": True,
+            },
+            "modelConfigs": {
+                "customOverrides": [{"match": {"model": alias}, "modelConfig": {"model": model}}
+                                    for alias in self.MODEL_ALIASES],
+                # with experimental.dynamicModelConfiguration the name resolves to itself (without
+                # it the CLI rewrites gemini-3-pro-preview to gemini-3.1-pro-preview, flash-lite
+                # names to gemini-3.1/3.5-flash-lite, ...) and every fallback chain is the model alone
+                "modelIdResolutions": {model: {"default": model, "contexts": []}},
+                "modelChains": {chain: [self._policy(model)] for chain in self.MODEL_CHAINS},
+            },
+            "experimental": {
+                "dynamicModelConfiguration": True,
+                "enableAgents": False,
+                "extensionManagement": False,
+                "extensionConfig": False,
+                "extensionRegistry": False,
+                "autoMemory": False,
+                "gemmaModelRouter": {"enabled": False},
+            },
+            "tools": {"useRipgrep": False, "sandbox": False},
+            "hooksConfig": {"enabled": False},
+            "advanced": {"autoConfigureMemory": False},
+            "ui": {"hideBanner": True, "hideTips": True},
+        }
+
+    DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
+
+    # names the CLI rewrites right before the HTTP call whatever the settings say (API-key auth,
+    # ModelMappingContentGenerator in 0.61.0): asking for them would silently ask for another model
+    REWRITTEN_MODELS = {"gemini-3.5-flash": "gemini-3.8-flash", "gemini-3-flash": "gemini-3.8-flash",
+                        "gemini-3.1-flash-lite": "gemini-3.5-flash-lite"}
+
+    # variables a workspace's .gemini/.env (read because the workspace is trusted) could set when
+    # they are not in the environment already: the endpoint and the proxy the key would go through
+    PINNED_ENV = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy",
+                  "NO_PROXY", "no_proxy")
+
+    def setup(self, settings: dict, home: str, workspace: str) -> dict[str, str]:
+        if settings.get("api", "gemini") != "gemini":
+            raise ValueError(f"gemini CLI speaks only the gemini API, not {settings.get('api')!r}")
+        model = str(settings["model"]).removeprefix("models/")
+        if model in self.REWRITTEN_MODELS:
+            raise ValueError(f"Gemini CLI always asks for {self.REWRITTEN_MODELS[model]} when told {model}; "
+                             f"configure {self.REWRITTEN_MODELS[model]} (or another name) instead")
+        gemini_dir = os.path.join(home, ".gemini")
+        tmp = os.path.join(home, "tmp")
+        os.makedirs(gemini_dir, mode=0o700, exist_ok=True)
+        os.makedirs(tmp, mode=0o700, exist_ok=True)
+        content = json.dumps(self.config(settings), indent=2) + "\n"
+        with open(os.path.join(gemini_dir, "settings.json"), "w") as handle:
+            handle.write(content)
+        env = {
+            "GEMINI_CLI_SYSTEM_SETTINGS_PATH": self._system_settings(content, gemini_dir),
+            "GEMINI_CLI_SYSTEM_DEFAULTS_PATH": os.path.join(gemini_dir, "no-system-defaults.json"),  # absent
+            "GEMINI_CLI_TRUST_WORKSPACE": "true",
+            "GEMINI_CLI_NO_RELAUNCH": "true",
+            "GEMINI_TELEMETRY_ENABLED": "false",
+            "GEMINI_SANDBOX": "false",
+            "GOOGLE_GEMINI_BASE_URL": (settings.get("base_url") or self.DEFAULT_BASE_URL).rstrip("/"),
+            "TMPDIR": tmp,
+            "NO_COLOR": "1",
+        }
+        for name in self.PINNED_ENV:
+            env[name] = os.environ.get(name, "")
+        return env
+
+    # The same settings again as Gemini CLI's "system settings": merged last, so a trusted
+    # workspace's own .gemini/settings.json cannot undo them (it could otherwise re-enable usage
+    # statistics and telemetry, switch the auth type, the model or the retry bound). The CLI reads
+    # a system settings file only when it and every directory above it are owned by root and not
+    # writable by group or others (so not below /tmp or a HOME chowned to the agent): a root-owned
+    # directory, one content-addressed file a settings variant (no secrets in it).
+    SYSTEM_SETTINGS_DIR = "/etc/specfleet/gemini-cli"
+
+    def _system_settings(self, content: str, gemini_dir: str) -> str:
+        import hashlib
+        path = os.path.join(self.SYSTEM_SETTINGS_DIR, hashlib.sha256(content.encode()).hexdigest()[:24] + ".json")
+        if os.geteuid() != 0:
+            return os.path.join(gemini_dir, "no-system-settings.json")   # absent: the user settings alone
+        if not os.path.exists(path):
+            os.makedirs(self.SYSTEM_SETTINGS_DIR, mode=0o755, exist_ok=True)
+            tmp = f"{path}.{os.getpid()}.tmp"
+            with open(tmp, "w") as handle:
+                handle.write(content)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        return path
+
+    def argv(self, settings: dict, prompt_text: str, prompt_file: str) -> list[str]:
+        args = [self.program, "-p", "", "--model", settings["model"], "--skip-trust",
+                "--approval-mode", "yolo", "--output-format", "stream-json",
+                # only MCP servers of this (impossible) name may start: none from a workspace's settings
+                "--allowed-mcp-server-names", "specfleet-no-mcp-server",
+                "--extensions", "none",
+                *[str(a) for a in settings.get("args") or []]]
+        key_env = settings.get("key_env") or "GEMINI_API_KEY"
+        if key_env != "GEMINI_API_KEY":
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key_env):
+                raise ValueError(f"bad key_env {key_env!r}")
+            # the CLI reads its key from GEMINI_API_KEY only
+            return ["/bin/sh", "-c", f'GEMINI_API_KEY="${{{key_env}}}"; export GEMINI_API_KEY; exec "$0" "$@"', *args]
+        return args
+
+    # -- output ---------------------------------------------------------------------------
+
+    _RATE = re.compile(
+        r"RESOURCE_EXHAUSTED|Resource has been exhausted|RetryableQuotaError|TerminalQuotaError"
+        r"|exhausted your (?:daily )?quota|exhausted your capacity|request a quota increase"
+        r"|\bstatus:? 429\b|\bcode\"?:? 429\b|\b429 Too Many Requests|rate.?limit(?:ed|s)? exceeded"
+        r"|Quota exceeded",
+        re.IGNORECASE)
+
+    def read(self, output: str, rc: int, timed_out: bool) -> dict:
+        events, diagnostics = [], []   # JSON events (stdout); everything else is the CLI's stderr
+        for line in output.splitlines():
+            stripped = line.strip()
+            if stripped.startswith("{") and stripped.endswith("}"):
+                try:
+                    event = json.loads(stripped)
+                except ValueError:
+                    event = None
+                if isinstance(event, dict) and "type" in event:
+                    events.append(event)
+                    continue
+            diagnostics.append(line)
+        init_model = next((e.get("model") for e in events if e["type"] == "init"), None)
+        result = next((e for e in reversed(events) if e["type"] == "result"), None)
+
+        usage = None
+        stats = (result or {}).get("stats") or {}
+        models = {name: data for name, data in (stats.get("models") or {}).items() if isinstance(data, dict)}
+        if models or "input_tokens" in stats:
+            asked = [name for name, data in models.items() if (data.get("total_tokens") or 0) > 0] or list(models)
+            model = ",".join(asked) if asked else init_model
+            prompt, candidates, total = (_gemini_int(stats.get(k)) for k in ("input_tokens", "output_tokens", "total_tokens"))
+            if prompt is not None and candidates is not None and total is not None and total > prompt + candidates:
+                candidates = total - prompt   # thinking tokens: in the total, billed as output, not in output_tokens
+            usage = {
+                "model": model,
+                "input_tokens": prompt,        # promptTokenCount summed over requests (cached included)
+                "output_tokens": candidates,
+                "cost_usd": None,              # Gemini CLI reports no cost
+            }
+        elif init_model:
+            usage = {"model": init_model, "input_tokens": None, "output_tokens": None, "cost_usd": None}
+
+        error = None
+        if result and result.get("status") not in (None, "success"):
+            err = result.get("error") or {}
+            error = _gemini_one_line(err.get("message") or err.get("type") or "the CLI reported an error")
+        if error is None:
+            err_event = next((e for e in reversed(events) if e["type"] == "error"), None)
+            if err_event and rc != 0:
+                error = _gemini_one_line(err_event.get("message") or "error")
+        if error is None and rc not in (0, None) and not timed_out:
+            error = _gemini_last_error_line(output) or f"gemini exited with code {rc}"
+        if timed_out and error is None:
+            error = "timed out"
+
+        # only the CLI's own words: its stderr and its error reports, never the model's text or tool output
+        own = "\n".join(diagnostics + [json.dumps(e.get("error") or e.get("message") or "") for e in events
+                                         if e["type"] == "error" or (e["type"] == "result" and e.get("status") != "success")])
+        rate_limited = bool(self._RATE.search(own)) or rc == 429 % 256   # process.exit(429) -> 173
+        return {"usage": usage, "rate_limited": rate_limited, "error": error}
+
+
+def _gemini_int(value):
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _gemini_one_line(text: str) -> str:
+    text = " ".join(re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", str(text)).split())
+    return text[:400]
+
+
+def _gemini_last_error_line(output: str) -> str | None:
+    for line in reversed(output.splitlines()):
+        line = line.strip()
+        if not line or line.startswith("at ") or line in ("}", "{"):
+            continue
+        if re.search(r"error|failed|invalid|not running|denied|must|cannot|unable", line, re.IGNORECASE):
+            return _gemini_one_line(line)
+    return None
+
+
+
+DIALECTS: dict[str, Dialect] = {"custom": Dialect(), "claude": Claude(), "codex": Codex(), "opencode": Opencode(),
+                                "gemini": Gemini(), "aider": Aider()}
 
 
 def dialect(name: str | None) -> Dialect:

@@ -27,8 +27,7 @@ from .controller import REPO_ROOT, resolve_db, resolve_specs_root
 from .durations import parse_duration
 from .leases import LeaseBook
 from .project import ProjectConfig, load_project
-from .runner import FILES as RUNNER_FILES
-from .runner import Redactor
+from .runner import FILES, Redactor
 from .runner import sum_usage as runner_sum_usage
 from .spec import parse_sections
 from .store import Store
@@ -36,6 +35,7 @@ from .store import Store
 # The run directory's files brought back (an ERE, also used by grep on the node).
 ARTIFACT_NAMES = (r"^(status\.json|job\.json|prompt\.md|changes\.patch|result\.bundle|output\.log|heartbeat"
                   r"|round-[0-9]+\.(prompt\.md|verify\.log|gates\.json|agent\.[A-Za-z0-9_.-]+\.log))$")
+RUNNER_FILES = FILES   # what the action plugin ships to the node with each attempt
 ARTIFACT_PATTERNS = re.compile(ARTIFACT_NAMES)
 LESSONS_IN_PROMPT = 20
 

@@ -414,7 +414,8 @@ class Attempt:
         if self.status.get("final"):
             return
         ended = now()
-        self.save(usage=sum_usage(self.status.get("rounds") or []), state=state, error=self.redact(error) if error else None, ended_at=ended,
+        self.save(usage=sum_usage(self.status.get("rounds") or []), state=state,
+                  error=self.redact(error) if error else None, ended_at=ended,
                   duration_s=round(ended - self.status["started_at"], 3), final=True)
 
     def heartbeat(self) -> None:
