@@ -25,13 +25,28 @@ rm -f "$SPECFLEET_DB" "$SPECFLEET_DB-wal" "$SPECFLEET_DB-shm"
 ansible-playbook bootstrap.yml
 ansible-playbook playbooks/health.yml
 executor=replay
+extra=()
 if [ -n "${ANTHROPIC_API_KEY:-}" ]; then
     executor=claude
-    echo "demo: ANTHROPIC_API_KEY is set: every spec runs with Claude Code (executor claude)"
+    # An Anthropic-compatible gateway and model of the user's (ANTHROPIC_BASE_URL, ANTHROPIC_MODEL):
+    # the agent's environment is its own, so the executor definition must name them.
+    overrides="$home/demo-executors.json"
+    python3 - "$overrides" <<'PY'
+import json, os, sys, yaml
+executors = yaml.safe_load(open("inventory/shared/executors.yml"))["specfleet_executors"]
+claude = executors["claude"]
+claude["base_url"] = os.environ.get("ANTHROPIC_BASE_URL") or claude.get("base_url")
+claude["model"] = os.environ.get("ANTHROPIC_MODEL") or claude["model"]
+claude = {k: v for k, v in claude.items() if v is not None}
+json.dump({"specfleet_executors": dict(executors, claude=claude)}, open(sys.argv[1], "w"))
+print(f"demo: ANTHROPIC_API_KEY is set: every spec runs with Claude Code (executor claude, model "
+      f"{claude['model']}, endpoint {claude.get('base_url') or 'Anthropic'})")
+PY
+    extra=(-e "@$overrides")
 else
     echo "demo: no model key: executor 'replay' applies recorded agent sessions; NO MODEL RUNS"
 fi
-ansible-playbook dispatch.yml -e project=clawmarketing -e specfleet_executor=$executor
+ansible-playbook dispatch.yml -e project=clawmarketing -e specfleet_executor=$executor "${extra[@]}"
 # The demo worked only if every example spec merged (dispatch fails otherwise; this says it plainly).
 expected=$(find specs/clawmarketing -maxdepth 1 -name 'S[0-9]*.md' | wc -l)
 specfleet status clawmarketing --json | python3 -c '

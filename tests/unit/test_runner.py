@@ -294,6 +294,7 @@ def test_a_successful_attempt_commits_and_bundles(tmp_path, repo):
     result = subprocess.run([sys.executable, str(RUNNER), "run", str(run)], capture_output=True, text=True)
     status = json.loads((run / "status.json").read_text())
     assert result.returncode == 0 and status["state"] == "succeeded" and status["final"], status
+    assert status["exit_code"] == 0
     assert not (run / "secrets.json").exists()
     assert "TOKEN=***" in next(run.glob("round-1.agent.*.log")).read_text()
     assert "tok-secret-value" not in "".join(p.read_text(errors="replace") for p in run.iterdir() if p.is_file())
@@ -335,6 +336,7 @@ def test_sigterm_kills_the_agent_group_and_finalises(tmp_path, repo):
     assert proc.wait(timeout=30) == 128 + signal.SIGTERM
     status = json.loads((run / "status.json").read_text())
     assert status["final"] and status["state"] == "killed" and "signal 15" in status["error"]
+    assert status["exit_code"] == 143
 
 
 def test_a_used_workspace_is_never_reused(tmp_path, repo):
@@ -343,7 +345,7 @@ def test_a_used_workspace_is_never_reused(tmp_path, repo):
     (tmp_path / "ws" / "left-over").write_text("someone's work")
     subprocess.run([sys.executable, str(RUNNER), "run", str(run)], capture_output=True)
     status = json.loads((run / "status.json").read_text())
-    assert status["state"] == "failed" and "not empty" in status["error"]
+    assert status["state"] == "failed" and "not empty" in status["error"] and status["exit_code"] == 1
     assert (tmp_path / "ws" / "left-over").read_text() == "someone's work"
 
 
@@ -362,6 +364,24 @@ def test_an_unreadable_job_file_is_reported_and_the_secrets_file_removed(tmp_pat
     assert subprocess.run([sys.executable, str(RUNNER), "run", str(run)], capture_output=True).returncode == 1
     status = json.loads((run / "status.json").read_text())
     assert status["final"] and "could not start" in status["error"] and not (run / "secrets.json").exists()
+
+
+def test_an_agent_that_keeps_retrying_a_rate_limit_is_stopped_and_the_fallback_runs(tmp_path, repo):
+    # Claude Code and Gemini CLI retry a 429 by themselves for minutes; the runner stops a run
+    # that is still going rate_limit_grace after a rate-limit error line, and moves on.
+    run = make_run(tmp_path, repo, [{"stderr": "API Error: 429 Too Many Requests (retrying)", "hang": True}])
+    job = json.loads((run / "job.json").read_text())
+    limited = dict(job["executors"][0], rate_limit_grace_s=1, backoff_s=0, timeout_s=600)
+    backup = dict(job["executors"][0], name="backup", env={"FAKE_AGENT_SCENARIO": str(tmp_path / "backup.json")})
+    (tmp_path / "backup.json").write_text(json.dumps({"*": [{"write": {"app.py": "X = 9\n"}}]}))
+    job["executors"] = [limited, backup]
+    (run / "job.json").write_text(json.dumps(job))
+    subprocess.run([sys.executable, str(RUNNER), "run", str(run)], capture_output=True, timeout=300)
+    status = json.loads((run / "status.json").read_text())
+    tries = status["rounds"][0]["tries"]
+    assert [t["executor"] for t in tries] == ["claude", "backup"], tries
+    assert tries[0]["rate_limited"] and not tries[0]["timed_out"] and "429" in tries[0]["error"]
+    assert status["state"] == "succeeded" and status["executor"] == "backup"
 
 
 def test_the_attempt_time_limit_bounds_each_run(tmp_path, repo):

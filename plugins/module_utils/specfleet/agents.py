@@ -61,28 +61,6 @@ def json_lines(output: str) -> list[dict]:
     return found
 
 
-def last_json(output: str) -> dict | None:
-    """The last JSON object in ``output``: a whole-output document, else the last JSON line."""
-    text = output.strip()
-    start = text.find("{")
-    if start >= 0:
-        try:
-            value = json.loads(text[start:])
-            if isinstance(value, dict):
-                return value
-        except ValueError:
-            pass
-    lines = json_lines(output)
-    return lines[-1] if lines else None
-
-
-def usage(model: str | None = None, input_tokens: int | None = None, output_tokens: int | None = None,
-          cost_usd: float | None = None) -> dict | None:
-    if model is None and input_tokens is None and output_tokens is None and cost_usd is None:
-        return None
-    return {"model": model, "input_tokens": input_tokens, "output_tokens": output_tokens, "cost_usd": cost_usd}
-
-
 class Dialect:
     """The base: ``custom`` executors run their ``command`` as written."""
     name = "custom"
@@ -410,16 +388,7 @@ class Codex(Dialect):
                 "-m", settings["model"], *[str(a) for a in settings.get("args") or []], "-"]
 
     def read(self, output: str, rc: int, timed_out: bool) -> dict:
-        events = []
-        for line in output.splitlines():
-            line = line.strip()
-            if line.startswith("{") and line.endswith("}"):
-                try:
-                    value = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(value, dict) and isinstance(value.get("type"), str):
-                    events.append(value)
+        events = [event for event in json_lines(output) if isinstance(event.get("type"), str)]
 
         model = None
         tokens_in = tokens_out = None

@@ -410,11 +410,13 @@ class Attempt:
             self.status["updated_at"] = now()
             write_atomic(self.path("status.json"), self.redact(json.dumps(self.status, indent=1, sort_keys=True)))
 
-    def finalise(self, state: str, error: str | None = None) -> None:
+    def finalise(self, state: str, error: str | None = None, exit_code: int | None = None) -> None:
+        """The final status, with the runner's exit code (0 succeeded, 1 failed, 128+N killed by signal N)."""
         if self.status.get("final"):
             return
         ended = now()
-        self.save(usage=sum_usage(self.status.get("rounds") or []), state=state,
+        code = exit_code if exit_code is not None else (0 if state == "succeeded" else 1)
+        self.save(usage=sum_usage(self.status.get("rounds") or []), state=state, exit_code=code,
                   error=self.redact(error) if error else None, ended_at=ended,
                   duration_s=round(ended - self.status["started_at"], 3), final=True)
 
@@ -961,7 +963,8 @@ def main(argv: list[str]) -> int:
 
     def terminated(signum, _frame):
         attempt.kill_children()
-        attempt.finalise("killed", f"terminated by signal {signum} during {attempt.status.get('phase')}")
+        attempt.finalise("killed", f"terminated by signal {signum} during {attempt.status.get('phase')}",
+                         exit_code=128 + signum)
         os._exit(128 + signum)
 
     signal.signal(signal.SIGTERM, terminated)
