@@ -269,6 +269,10 @@ class Dispatcher:
             self.infra_streak[task_id] = self.infra_streak.get(task_id, 0) + 1
         else:
             self.infra_streak.pop(task_id, None)
+        if ending != SUCCEEDED and self.stop != "cancel":
+            # stop.yml records a cancel before it kills the jobs: a killed job may end before
+            # the next step reads the request, and must not be charged as the spec's failure.
+            self.stop = self.book.stop_mode() or self.stop
         if ending == SUCCEEDED:
             outcome = self.book.finish(grant, True)
         elif self.stop == "cancel":

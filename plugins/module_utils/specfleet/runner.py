@@ -442,7 +442,7 @@ class Attempt:
         raw_path = log_path + ".raw"
         stdin = open(stdin_path, "rb") if stdin_path else subprocess.DEVNULL
         started = time.monotonic()
-        limited_line, limited_at = None, None
+        limited_line, limited_at, stopped = None, None, False
         try:
             with open(raw_path, "wb") as out:
                 proc = subprocess.Popen(argv, cwd=self.workspace, stdin=stdin, stdout=out, stderr=subprocess.STDOUT,
@@ -468,6 +468,7 @@ class Attempt:
                         limited_at = moment if limited_line else None
                     if moment >= deadline or (limited_at and moment - limited_at >= watch.rate_limit_grace_s):
                         timed_out = moment >= deadline
+                        stopped = not timed_out
                         kill_group(proc.pid)
                         proc.wait()
                         break
@@ -482,9 +483,8 @@ class Attempt:
             output = self.redact(handle.read().decode("utf-8", "replace"))
         os.unlink(raw_path)
         elapsed = time.monotonic() - started
-        stopped = " (stopped: rate limited)" if limited_at and not timed_out and proc.returncode < 0 else ""
-        write_atomic(log_path, output + f"\n[specfleet] exit {proc.returncode}{' (timed out)' if timed_out else ''}"
-                                        f"{stopped} after {elapsed:.1f} s\n", 0o644)
+        why = " (timed out)" if timed_out else " (stopped: still retrying a rate limit)" if stopped else ""
+        write_atomic(log_path, output + f"\n[specfleet] exit {proc.returncode}{why} after {elapsed:.1f} s\n", 0o644)
         return (124 if timed_out else proc.returncode), output, timed_out, (limited_line if stopped else None)
 
     def clean_env(self, home: str) -> dict:
