@@ -46,22 +46,23 @@ def test_the_executor_edits_commits_and_passes_verify_with_its_real_cli(tmp_path
     with ModelServer(default=Plan(edits=FIXED, input_tokens=1500, output_tokens=250)) as server:
         result = run_attempt(tmp_path, definitions({executor: server.url}), executor, as_user)
     status = result.status
-    assert status["state"] == "succeeded", (status.get("error"), logs(result))
+    context = (status, [r["path"] for r in server.requests], logs(result))
+    assert status["state"] == "succeeded", context
     # The CLI's own edit, committed on the spec's branch; nothing else in the change.
     assert (result.workspace / "calc.py").read_text() == FIXED["calc.py"]
-    assert status["files_changed"] == ["calc.py"]
+    assert status["files_changed"] == ["calc.py"], context
     subject = subprocess.run(["git", "-c", "safe.directory=*", "-C", str(result.workspace), "log", "-1", "--format=%s"],
                              capture_output=True, text=True, check=True).stdout
     assert subject.startswith("specfleet(p): S01-fix-add") and (result.run / "result.bundle").is_file()
     rounds = status["rounds"]
     assert rounds[0]["gates"] == {"diff": True, "stubs": True, "scope": True, "tests_kept": True, "tests_ran": True,
-                                  "secrets": True} and rounds[0]["verify_exit"] == 0
+                                  "secrets": True} and rounds[0]["verify_exit"] == 0, context
     # Only the model the inventory names was asked for, and the attempt records it with its tokens.
     model = EXECUTORS[executor]["model"]
-    assert asked_models(server) == {model}
-    assert status["usage"]["models"] == [model]
-    assert status["usage"]["input_tokens"] >= 1500 and status["usage"]["output_tokens"] >= 250
-    assert status["agent_user"] == "specfleet-agent"
+    assert asked_models(server) == {model}, ([r["body"] for r in server.requests], context)
+    assert status["usage"]["models"] == [model], context
+    assert status["usage"]["input_tokens"] >= 1500 and status["usage"]["output_tokens"] >= 250, context
+    assert status["agent_user"] == "specfleet-agent", context
     # The agent ran as the agent user: the files it wrote are that user's.
     owner = subprocess.run(["stat", "-c", "%U", str(result.workspace / "calc.py")], capture_output=True, text=True)
     assert owner.stdout.strip() == "specfleet-agent"

@@ -81,7 +81,18 @@ class Dialect:
         return [a.replace("{prompt}", prompt_text) for a in args]
 
     def read(self, output: str, rc: int, timed_out: bool) -> dict:
+        """Usage, rate limit and error from the CLI's own output (a custom CLI: the runner reads its error lines)."""
         return {"usage": None, "rate_limited": False, "error": None}
+
+    def retrying(self, text: str, patterns: list[str] | tuple[str, ...] = ()) -> str | None:
+        """A line of fresh output saying the CLI is retrying a rate limit right now, or None.
+
+        The runner stops a run still going ``rate_limit_grace`` after such a line. A custom
+        CLI's error lines count; a dialect says it only from the CLI's own retry reports
+        (never from the conversation it streams, where a test may well print "429"), or
+        not at all when the CLI's own retries are bounded by its settings.
+        """
+        return rate_limit_line(text, patterns) if self.name == "custom" else None
 
 
 # -- claude: Claude Code -----------------------------------------------------------------
@@ -134,6 +145,14 @@ def _one_line(text: str, limit: int = 300) -> str:
 
 class Claude(Dialect):
     __doc__ = CLAUDE_DOC
+
+    def retrying(self, text: str, patterns: list[str] | tuple[str, ...] = ()) -> str | None:
+        """Claude Code's own report that it is retrying a 429 (a stream-json ``api_retry`` event)."""
+        for event in json_lines(text):
+            if event.get("type") == "system" and event.get("subtype") == "api_retry" and (
+                    event.get("error_status") == 429 or event.get("error") == "rate_limit"):
+                return f"Claude Code is retrying a rate limit (attempt {event.get('attempt', '?')})"
+        return None
 
     name = "claude"
     program = "claude"
@@ -297,7 +316,7 @@ final reason), ``turn.completed`` (``usage``: ``input_tokens``, ``cached_input_t
 the output when it is there, else the one :meth:`argv` asked for. Codex reports no cost.
 """
 
-RATE_LIMIT = re.compile(r"\b429\b|too many requests|rate[ _-]?limit|quota exceeded|insufficient_quota"
+CODEX_RATE_LIMIT = re.compile(r"\b429\b|too many requests|rate[ _-]?limit|quota exceeded|insufficient_quota"
                         r"|usage limit|usage_limit_reached|at capacity|overloaded", re.I)
 
 
@@ -322,6 +341,14 @@ def _base_url(url: str | None) -> str:
 
 class Codex(Dialect):
     __doc__ = CODEX_DOC
+
+    def retrying(self, text: str, patterns: list[str] | tuple[str, ...] = ()) -> str | None:
+        """Codex's own report that it is retrying a rate limit (an ``error`` event: "Reconnecting... n/N (...429...)")."""
+        for event in json_lines(text):
+            message = str(event.get("message") or "")
+            if event.get("type") == "error" and CODEX_RATE_LIMIT.search(message):
+                return " ".join(message.split())[:300]
+        return None
 
     name = "codex"
     program = "codex"
@@ -435,8 +462,8 @@ class Codex(Dialect):
             error = " ".join(error.split())[:300]
 
         last_attempt = errors[-1] if errors else ""
-        rate_limited = bool(error and RATE_LIMIT.search(error)) or (
-            (timed_out or rc != 0 or not completed) and bool(RATE_LIMIT.search(last_attempt)))
+        rate_limited = bool(error and CODEX_RATE_LIMIT.search(error)) or (
+            (timed_out or rc != 0 or not completed) and bool(CODEX_RATE_LIMIT.search(last_attempt)))
 
         usage = None
         if completed or tokens_in is not None or tokens_out is not None:

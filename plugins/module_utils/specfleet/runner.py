@@ -181,11 +181,12 @@ class Executor:
             said = self.dialect.read(output, rc, timed_out)
         except Exception as exc:  # a CLI changed its output: say so, never lose the round over it
             said = {"usage": None, "rate_limited": False, "error": f"could not read {self.cli}'s output: {exc!r}"}
-        line = None if said.get("rate_limited") else self.rate_limit_line(tail(output, 80, 32768))
-        # A custom CLI that ended well has no rate limit to report, whatever its log mentions.
-        if line and (rc != 0 or timed_out or self.cli != "custom"):
-            said["rate_limited"] = True
-            said["error"] = said.get("error") or line
+        # A dialect reads its CLI's structured output; a custom CLI's evidence is its error lines,
+        # and only when it failed: one that ended well has no rate limit, whatever its log says.
+        if self.cli == "custom" and not said.get("rate_limited") and (rc != 0 or timed_out):
+            line = self.rate_limit_line(tail(output, 80, 32768))
+            if line:
+                said.update(rate_limited=True, error=said.get("error") or line)
         spent = said.get("usage") or None
         if spent is not None:
             spent = dict(spent)
@@ -464,7 +465,8 @@ class Attempt:
                             handle.seek(max(0, seen - 4096))
                             fresh = handle.read(1 << 20)
                         seen += max(0, len(fresh) - min(seen, 4096))
-                        limited_line = watch.rate_limit_line(self.redact(fresh.decode("utf-8", "replace")))
+                        limited_line = watch.dialect.retrying(self.redact(fresh.decode("utf-8", "replace")),
+                                                              watch.rate_limit_patterns)
                         limited_at = moment if limited_line else None
                     if moment >= deadline or (limited_at and moment - limited_at >= watch.rate_limit_grace_s):
                         timed_out = moment >= deadline
