@@ -86,3 +86,20 @@ def test_a_rate_limit_moves_to_the_next_executor_within_a_minute(tmp_path, cli):
     # The fallback started within about a minute of the first 429 (the CLI's own retries are bounded).
     assert tries[0]["seconds"] < 75, tries[0]
     assert limited.requests and working.requests
+
+
+@pytest.mark.parametrize("cli", ["codex", "opencode"])
+def test_a_cli_waiting_out_a_long_retry_after_is_stopped_once_it_reports_the_rate_limit(tmp_path, cli):
+    # Codex and OpenCode wait out whatever Retry-After says; the runner reads their own retry
+    # reports while they run and stops them rate_limit_grace later, then the chain moves on.
+    first = next(name for name in agent_executors() if EXECUTORS[name]["cli"] == cli)
+    with ModelServer(default=Plan(rate_limit=True), retry_after=600) as limited, \
+            ModelServer(default=Plan(edits=FIXED)) as working:
+        defs = definitions({first: limited.url, "claude": working.url})
+        defs[first] = dict(defs[first], fallback="claude", backoff="1s", rate_limit_grace="2s")
+        result = run_attempt(tmp_path, defs, first, "root")
+    tries = result.tries
+    assert [t["executor"] for t in tries] == [first, "claude"], (tries, logs(result))
+    assert tries[0]["rate_limited"] and not tries[0]["timed_out"] and tries[0]["seconds"] < 120, tries[0]
+    assert "stopped: still retrying a rate limit" in (result.run / tries[0]["log"]).read_text()
+    assert result.status["state"] == "succeeded"

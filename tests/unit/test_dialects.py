@@ -16,6 +16,10 @@ CLAUDE_OK = json.dumps({"type": "result", "subtype": "success", "is_error": Fals
 CLAUDE_RETRY = json.dumps({"type": "system", "subtype": "api_retry", "attempt": 1, "error_status": 429,
                            "error": "rate_limit"})
 CODEX_RETRY = json.dumps({"type": "error", "message": "Reconnecting... 1/2 (unexpected status 429 Too Many Requests)"})
+OPENCODE_RETRY = ('timestamp=2026-12-07T22:55:06.492Z level=ERROR run=45cb91dc message="stream error" '
+                  'providerID=specfleet modelID=deepseek-chat small=false agent=build mode=primary '
+                  'error.error="AI_APICallError: Rate limit reached for requests. Please try again in 1s."')
+OPENCODE_TOOL_OUTPUT = json.dumps({"type": "tool_use", "part": {"state": {"output": "error: expected status 429"}}})
 CODEX_OK = json.dumps({"type": "turn.completed", "usage": {"input_tokens": 700, "output_tokens": 90}})
 
 
@@ -37,6 +41,8 @@ def test_a_rate_limit_is_the_clis_own_report_of_one(cli, output, rc, limited):
     ("codex", CODEX_RETRY, True),
     ("codex", TOOL_RESULT_429, False),
     ("custom", "Error: 429 Too Many Requests, retrying in 30 s", True),
+    ("opencode", OPENCODE_RETRY, True),
+    ("opencode", OPENCODE_TOOL_OUTPUT, False),
     ("gemini", "[API Error: status 429 RESOURCE_EXHAUSTED]", False),   # bounded by its maxAttempts instead
 ])
 def test_only_the_clis_own_retry_reports_start_the_rate_limit_grace(cli, text, retrying):

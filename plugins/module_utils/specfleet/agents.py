@@ -838,6 +838,14 @@ class Opencode(Dialect):
 
     RATE = re.compile(r"\b429\b|rate[ _-]?limit|too many requests|quota|resource[ _]exhausted"
                       r"|usage limit|FreeUsageLimitError|GoUsageLimitError", re.I)
+    STREAM_ERROR = re.compile(r'level=ERROR .*message="stream error" .*?error\.error="?(.*?)"?$', re.M)
+
+    def retrying(self, text: str, patterns: list[str] | tuple[str, ...] = ()) -> str | None:
+        """OpenCode's own log of a failed request it will retry (it waits out any Retry-After, uncapped)."""
+        for found in self.STREAM_ERROR.finditer(text):
+            if self.RATE.search(found.group(1)):
+                return " ".join(found.group(1).split())[:300]
+        return None
 
     def read(self, output: str, rc: int, timed_out: bool) -> dict:
         tokens_in = tokens_out = 0
