@@ -139,8 +139,8 @@ DEFAULT_MAX_RETRIES = 4        # ~10 s
 
 
 def _one_line(text: str, limit: int = 300) -> str:
-    line = " ".join(str(text).split())
-    return line[:limit]
+    """``text`` on one line, terminal colour codes dropped, cut at ``limit``."""
+    return " ".join(re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", str(text)).split())[:limit]
 
 
 class Claude(Dialect):
@@ -852,16 +852,7 @@ class Opencode(Dialect):
         cost = 0.0
         steps = 0
         errors: list[dict] = []
-        for line in output.splitlines():
-            line = line.strip()
-            if not line.startswith("{"):
-                continue
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            if not isinstance(event, dict):
-                continue
+        for event in json_lines(output):
             kind = event.get("type")
             part = event.get("part") or {}
             if kind == "step_finish":
@@ -1183,11 +1174,11 @@ class Gemini(Dialect):
         error = None
         if result and result.get("status") not in (None, "success"):
             err = result.get("error") or {}
-            error = _gemini_one_line(err.get("message") or err.get("type") or "the CLI reported an error")
+            error = _one_line(err.get("message") or err.get("type") or "the CLI reported an error", 400)
         if error is None:
             err_event = next((e for e in reversed(events) if e["type"] == "error"), None)
             if err_event and rc != 0:
-                error = _gemini_one_line(err_event.get("message") or "error")
+                error = _one_line(err_event.get("message") or "error", 400)
         if error is None and rc not in (0, None) and not timed_out:
             error = _gemini_last_error_line(output) or f"gemini exited with code {rc}"
         if timed_out and error is None:
@@ -1207,18 +1198,13 @@ def _gemini_int(value):
         return None
 
 
-def _gemini_one_line(text: str) -> str:
-    text = " ".join(re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", str(text)).split())
-    return text[:400]
-
-
 def _gemini_last_error_line(output: str) -> str | None:
     for line in reversed(output.splitlines()):
         line = line.strip()
         if not line or line.startswith("at ") or line in ("}", "{"):
             continue
         if re.search(r"error|failed|invalid|not running|denied|must|cannot|unable", line, re.IGNORECASE):
-            return _gemini_one_line(line)
+            return _one_line(line, 400)
     return None
 
 
