@@ -5,7 +5,7 @@ whose specs' ``estimate`` is exact (whole seconds) and whose job sleeps that lon
 ``ansible-playbook dispatch.yml`` against it and prints:
 
 * makespan: first job start -> last job end (node clock); LB = max(critical path,
-  total work / slots); sim = the same policy (``specfleet.dispatcher`` against a scratch
+  total work / slots); sim = the same policy (``specfleet.dispatch.run`` against a scratch
   store) with zero overhead. makespan/sim is what Ansible and SSH cost, sim/LB what the
   policy and the path locks cost;
 * agent utilisation: job time / (makespan x slots);
@@ -47,12 +47,13 @@ from pathlib import Path
 
 from common import REPO_ROOT, fmt, percentile, write_result
 
-from specfleet import dispatcher as policy
-from specfleet.fleet import NodeInfo
-from specfleet.graph import SpecGraph
-from specfleet.paths import sets_overlap
-from specfleet.store import Store
-from specfleet.validation import validate_project
+from specfleet.dispatch import run as policy
+from specfleet.dispatch.policy import NodeInfo
+from specfleet.model.ending import Ending
+from specfleet.model.graph import SpecGraph
+from specfleet.node.paths import sets_overlap
+from specfleet.store.core import Store
+from specfleet.validate.checks import validate_project
 from tools.localcluster import LocalCluster, NodeSpec, free_port
 
 JOB = ('d=$(cat {shared}/durations/$SPECFLEET_TASK_ID); '
@@ -140,8 +141,8 @@ def lock_bound(deps: dict, durations: dict, modifies: dict) -> float:
 
 def simulate(root: Path, nodes: list[NodeInfo], durations: dict) -> float:
     """The same Dispatcher with zero overhead: a job ends exactly when its sleep does."""
-    import specfleet.leases as leases_module
-    import specfleet.store as store_module
+    import specfleet.dispatch.leases as leases_module
+    import specfleet.store.core as store_module
 
     clock = [0.0]
     saved = (store_module.now, leases_module.now)
@@ -171,7 +172,7 @@ def simulate(root: Path, nodes: list[NodeInfo], durations: dict) -> float:
                 clock[0] = min(ends.values())
                 for task in [t for t, end in ends.items() if end <= clock[0]]:
                     del ends[task]
-                    run.finish(task, policy.SUCCEEDED)
+                    run.finish(task, Ending.SUCCEEDED)
     finally:
         store_module.now, leases_module.now = saved
 

@@ -3,7 +3,7 @@
 Builds a real git repository with a pytest suite and ``--branches`` verified specs, each
 adding its own module and test on its own branch. ``--bad`` of them also add a test that
 fails once any other branch's module is present (each passes alone, like a real
-integration break). Then runs the merge queue (``specfleet.landing``) and reports how many
+integration break). Then runs the merge queue (``specfleet.land.landing``) and reports how many
 times the project's test command ran, against testing each branch by itself (one run per
 branch, which would still miss the integration breaks), and the wall time.
 
@@ -24,11 +24,11 @@ from pathlib import Path
 
 from common import write_result
 
-from specfleet import landing
-from specfleet.project import load_project
-from specfleet.states import SpecState
-from specfleet.store import Store, now
-from specfleet.validation import validate_project
+from specfleet.land import landing
+from specfleet.model.project import load_project
+from specfleet.model.states import SpecState
+from specfleet.store.core import Store, now
+from specfleet.validate.checks import validate_project
 
 GIT_ENV = dict(os.environ, GIT_AUTHOR_NAME="bench", GIT_AUTHOR_EMAIL="bench@x.invalid", GIT_COMMITTER_NAME="bench",
                GIT_COMMITTER_EMAIL="bench@x.invalid")

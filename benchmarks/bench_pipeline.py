@@ -27,7 +27,7 @@ from pathlib import Path
 from bench_dispatch import Sampler, counting_wrappers
 from common import REPO_ROOT, table, write_result
 
-from specfleet.store import Store
+from specfleet.store.core import Store
 
 
 def main() -> int:

@@ -1,7 +1,7 @@
 """Benchmark: what the controller's sandbox (bubblewrap) adds to each command it runs.
 
 Runs the same commands in a scratch clone of the example project through
-``specfleet.sandbox.run``, sandboxed and with the opt-out (same cleared environment and
+``specfleet.land.sandbox.run``, sandboxed and with the opt-out (same cleared environment and
 bounds, no sandbox), alternating, and prints per command the median and p95 wall time of
 both and the median overhead:
 
@@ -22,9 +22,9 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "plugins" / "module_utils"))
+sys.path.insert(0, str(ROOT))
 
-from specfleet import sandbox  # noqa: E402
+from specfleet.land import sandbox  # noqa: E402
 
 COMMANDS = ("true", "python3 -c pass", "python3 -m pytest -q")
 

@@ -29,9 +29,9 @@ from pathlib import Path
 
 from common import write_result
 
-from specfleet.graph import SpecGraph
-from specfleet.store import Store
-from specfleet.validation import validate_project
+from specfleet.model.graph import SpecGraph
+from specfleet.store.core import Store
+from specfleet.validate.checks import validate_project
 
 
 def make_project(root: Path, count: int, seed: int = 7) -> None:

@@ -52,10 +52,9 @@ else
     .venv/bin/python -m pip install -q -r requirements.txt
 fi
 .venv/bin/ansible-galaxy collection install -r requirements.yml >/dev/null
-# The specfleet command: the venv's Python running the CLI in plugins/module_utils/specfleet.
-printf '#!/bin/sh\nPYTHONPATH="%s/plugins/module_utils${PYTHONPATH:+:$PYTHONPATH}" exec "%s/.venv/bin/python" -m specfleet.cli "$@"\n' \
-    "$PWD" "$PWD" > .venv/bin/specfleet
-chmod 0755 .venv/bin/specfleet
+# The core (specfleet/) and the Ansible glue (ansible_specfleet/) as an editable install: the
+# plugins, the `specfleet` command and the tests import them from this checkout.
+.venv/bin/python -m pip install -q --no-deps -e .
 # The pinned agent CLIs (inventory/shared/executors.yml), installed as bootstrap installs them
 # on a node: the local cluster's nodes are this machine. Only root may install them there.
 if [ "$(id -u)" -eq 0 ]; then

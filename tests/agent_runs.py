@@ -21,10 +21,10 @@ from pathlib import Path
 
 import yaml
 
-from specfleet import executors
+from specfleet.attempt import executors
 from tests.conftest import AGENT_USER, REPO_ROOT, git, make_repo
 
-RUNNER = REPO_ROOT / "plugins" / "module_utils" / "specfleet" / "runner.py"
+RUNNER = REPO_ROOT / "specfleet" / "node" / "runner.py"
 EXECUTORS = yaml.safe_load((REPO_ROOT / "inventory" / "shared" / "executors.yml").read_text())["specfleet_executors"]
 CLI_PATH = "/usr/local/bin:/usr/bin:/bin"
 NODE_PYTHON = "/usr/bin/python3"   # a node runs the runner with its own python3, never a venv

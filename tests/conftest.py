@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT / "plugins" / "module_utils"))
 sys.path.insert(0, str(REPO_ROOT))
+# This checkout's packages for every process the tests start (ansible-playbook, the CLI), also
+# when the venv's editable install points at another checkout.
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
 
 from tests.chat_server import chat  # noqa: E402, F401 (a fixture: a chat-completions server on loopback)
 

@@ -3,9 +3,9 @@
 """Action plugin for ``specfleet_attempt`` (documentation in ``library/specfleet_attempt.py``).
 
 Runs delegated to the spec's node. ``state=started`` brings the node's mirror up to
-date, builds the prompt and ``job.json`` on the controller (``specfleet.attempt``),
+date, builds the prompt and ``job.json`` on the controller (``specfleet.attempt.lifecycle``),
 copies them with the runner into the run directory and starts the runner detached
-(``specfleet.jobs``). ``state=collected`` brings the run directory's files back to the
+(``specfleet.dispatch.jobs``). ``state=collected`` brings the run directory's files back to the
 artifacts directory, imports the spec's branch and records the attempt. Secrets travel
 only as a file copied over SFTP/SCP, never on a command line.
 """
@@ -13,19 +13,15 @@ from __future__ import annotations
 
 import json
 import shlex
-import sys
-from pathlib import Path
 
 from ansible.errors import AnsibleError
 from ansible.plugins.action import ActionBase
 
-_CORE = str(Path(__file__).resolve().parents[1] / "module_utils")
-if _CORE not in sys.path:
-    sys.path.insert(0, _CORE)
-
-from specfleet import attempt as attempts  # noqa: E402
-from specfleet import jobs, workspace  # noqa: E402
-from specfleet.store import StoreError  # noqa: E402
+from specfleet.attempt import lifecycle as attempts
+from specfleet.attempt import workspace
+from specfleet.dispatch import jobs
+from specfleet.node import DIR as node_dir
+from specfleet.store.core import StoreError
 
 ARGUMENT_SPEC = {
     "state": {"type": "str", "choices": ["started", "collected"], "required": True},
@@ -127,7 +123,7 @@ class ActionModule(ActionBase):
                                       self._shell, self._transfer_file)
             except workspace.GitError as exc:
                 return dict(result, failed=True, specfleet_infrastructure=True, msg=str(exc))
-        core = Path(_CORE) / "specfleet"
+        core = node_dir
         files = {name: (core / name).read_bytes() for name in attempts.RUNNER_FILES}
         prepared.job["heartbeat_s"] = max(1, args["heartbeat"])
         files["job.json"] = json.dumps(prepared.job, indent=1).encode()

@@ -3,24 +3,19 @@
 """Action plugin for ``specfleet_cleanup`` (documentation in ``library/specfleet_cleanup.py``).
 
 One SSH command lists the project's attempt directories on the node, the controller
-decides with the state store and the repository (``specfleet.cleanup.decide``), and one
+decides with the state store and the repository (``specfleet.ops.cleanup.decide``), and one
 more command deletes what may go.
 """
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
-_CORE = str(Path(__file__).resolve().parents[1] / "module_utils")
-if _CORE not in sys.path:
-    sys.path.insert(0, _CORE)
-
-from specfleet_action import DB_OPTION, ControllerAction  # noqa: E402
-
-from specfleet import cleanup, jobs  # noqa: E402
-from specfleet.durations import parse_duration  # noqa: E402
-from specfleet.store import Store, StoreError  # noqa: E402
+from ansible_specfleet.action import DB_OPTION, ControllerAction
+from specfleet.dispatch import jobs
+from specfleet.model.durations import parse_duration
+from specfleet.ops import cleanup
+from specfleet.store.core import Store, StoreError
 
 
 class ActionModule(ControllerAction):

@@ -5,16 +5,9 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import sys
-from pathlib import Path
 
-_CORE = str(Path(__file__).resolve().parents[1] / "module_utils")
-if _CORE not in sys.path:
-    sys.path.insert(0, _CORE)
-
-from specfleet_action import DB_OPTION, ControllerAction  # noqa: E402
-
-from specfleet import controller  # noqa: E402
+from ansible_specfleet.action import DB_OPTION, ControllerAction
+from specfleet.ops import controller
 
 
 class ActionModule(ControllerAction):

@@ -9,18 +9,10 @@ is a superseded job that still runs and must be killed first.
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-_CORE = str(Path(__file__).resolve().parents[1] / "module_utils")
-if _CORE not in sys.path:
-    sys.path.insert(0, _CORE)
-
-from specfleet_action import DB_OPTION, ControllerAction  # noqa: E402
-
-from specfleet import jobs  # noqa: E402
-from specfleet.leases import LeaseBook  # noqa: E402
-from specfleet.store import Store, StoreError  # noqa: E402
+from ansible_specfleet.action import DB_OPTION, ControllerAction
+from specfleet.dispatch import jobs
+from specfleet.dispatch.leases import LeaseBook
+from specfleet.store.core import Store, StoreError
 
 
 class ActionModule(ControllerAction):

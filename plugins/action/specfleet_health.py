@@ -2,26 +2,22 @@
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Action plugin for ``specfleet_health`` (documentation in ``library/specfleet_health.py``).
 
-One SSH command measures the node (:func:`specfleet.health.probe_script`); the judgement
+One SSH command measures the node (:func:`specfleet.ops.health.probe_script`); the judgement
 and the store update happen on the controller. A node that cannot be reached is a result
 here, not an unreachable host, so the guardian can take it out and the play goes on.
 """
 from __future__ import annotations
 
-import sys
 import time
-from pathlib import Path
 
-_CORE = str(Path(__file__).resolve().parents[1] / "module_utils")
-if _CORE not in sys.path:
-    sys.path.insert(0, _CORE)
+from ansible.errors import AnsibleConnectionFailure
 
-from ansible.errors import AnsibleConnectionFailure  # noqa: E402
-from specfleet_action import DB_OPTION, ControllerAction  # noqa: E402
-
-from specfleet import health, inventory, jobs  # noqa: E402
-from specfleet.runner import runner_version  # noqa: E402
-from specfleet.store import Store, StoreError  # noqa: E402
+from ansible_specfleet.action import DB_OPTION, ControllerAction
+from specfleet.dispatch import inventory, jobs
+from specfleet.node import DIR as node_dir
+from specfleet.node.runner import runner_version
+from specfleet.ops import health
+from specfleet.store.core import Store, StoreError
 
 
 class ActionModule(ControllerAction):
@@ -59,7 +55,7 @@ class ActionModule(ControllerAction):
                 limits = {k: args[k] for k in health.DEFAULTS}
                 measured = health.parse(clock["stdout"] + "\n" + answer["stdout"])
                 verdict = health.judge(args["node"], measured, args["clis"], sent, answered,
-                                       runner_version(str(Path(_CORE) / "specfleet")), limits)
+                                       runner_version(str(node_dir)), limits)
         changed = False
         if not self._task.check_mode:
             with Store(db) as store:

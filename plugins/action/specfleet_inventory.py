@@ -3,17 +3,10 @@
 """Action plugin for ``specfleet_inventory`` (documentation in ``library/specfleet_inventory.py``)."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+from ansible.errors import AnsibleError
+from ansible.plugins.action import ActionBase
 
-_CORE = str(Path(__file__).resolve().parents[1] / "module_utils")
-if _CORE not in sys.path:
-    sys.path.insert(0, _CORE)
-
-from ansible.errors import AnsibleError  # noqa: E402
-from ansible.plugins.action import ActionBase  # noqa: E402
-
-from specfleet import inventory  # noqa: E402
+from specfleet.dispatch import inventory
 
 # Only these are read (and so templated): a vault variable elsewhere must not need its password here.
 NODE_VARS = ("inventory_file", "ansible_host", "ansible_port", "specfleet_slots", "specfleet_node_priority",

@@ -4,22 +4,16 @@
 
 Raw shell over the task's connection (no module is copied to the node), so starting
 and waiting cost one SSH command each. The scripts come from the core
-(``specfleet.jobs``); this file only runs them and turns their answers into results.
+(``specfleet.dispatch.jobs``); this file only runs them and turns their answers into results.
 """
 from __future__ import annotations
 
-import sys
 import time
-from pathlib import Path
 
 from ansible.errors import AnsibleConnectionFailure
 from ansible.plugins.action import ActionBase
 
-_CORE = str(Path(__file__).resolve().parents[1] / "module_utils")
-if _CORE not in sys.path:
-    sys.path.insert(0, _CORE)
-
-from specfleet import jobs  # noqa: E402
+from specfleet.dispatch import jobs
 
 ARGUMENT_SPEC = {
     "state": {"type": "str", "choices": ["started", "finished", "cancelled"], "required": True},

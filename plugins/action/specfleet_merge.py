@@ -3,17 +3,9 @@
 """Action plugin for ``specfleet_merge`` (documentation in ``library/specfleet_merge.py``)."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-_CORE = str(Path(__file__).resolve().parents[1] / "module_utils")
-if _CORE not in sys.path:
-    sys.path.insert(0, _CORE)
-
-from specfleet_action import DB_OPTION, LandingAction  # noqa: E402
-
-from specfleet import landing  # noqa: E402
-from specfleet.store import Store  # noqa: E402
+from ansible_specfleet.action import DB_OPTION, LandingAction
+from specfleet.land import landing
+from specfleet.store.core import Store
 
 
 class ActionModule(LandingAction):

@@ -3,16 +3,8 @@
 """Action plugin for ``specfleet_node_state`` (documentation in ``library/specfleet_node_state.py``)."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-_CORE = str(Path(__file__).resolve().parents[1] / "module_utils")
-if _CORE not in sys.path:
-    sys.path.insert(0, _CORE)
-
-from specfleet_action import DB_OPTION, ControllerAction  # noqa: E402
-
-from specfleet.store import Store  # noqa: E402
+from ansible_specfleet.action import DB_OPTION, ControllerAction
+from specfleet.store.core import Store
 
 
 class ActionModule(ControllerAction):

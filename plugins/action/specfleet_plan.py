@@ -3,19 +3,14 @@
 """Action plugin for ``specfleet_plan`` (documentation in ``library/specfleet_plan.py``)."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-_CORE = str(Path(__file__).resolve().parents[1] / "module_utils")
-if _CORE not in sys.path:
-    sys.path.insert(0, _CORE)
+from ansible.plugins.action import ActionBase
 
-from ansible.plugins.action import ActionBase  # noqa: E402
-from specfleet_action import chat_endpoint  # noqa: E402
-
-from specfleet import chat, planning  # noqa: E402
-from specfleet.controller import resolve_specs_root  # noqa: E402
-from specfleet.project import PROJECT_NAME  # noqa: E402
+from ansible_specfleet.action import chat_endpoint
+from specfleet.model.project import PROJECT_NAME
+from specfleet.ops.controller import resolve_specs_root
+from specfleet.plan import chat, planning
 
 
 class ActionModule(ActionBase):

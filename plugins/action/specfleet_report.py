@@ -3,16 +3,8 @@
 """Action plugin for ``specfleet_report`` (documentation in ``library/specfleet_report.py``)."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-_CORE = str(Path(__file__).resolve().parents[1] / "module_utils")
-if _CORE not in sys.path:
-    sys.path.insert(0, _CORE)
-
-from specfleet_action import DB_OPTION, ControllerAction  # noqa: E402
-
-from specfleet import controller  # noqa: E402
+from ansible_specfleet.action import DB_OPTION, ControllerAction
+from specfleet.ops import controller
 
 
 class ActionModule(ControllerAction):

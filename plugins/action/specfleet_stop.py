@@ -3,18 +3,10 @@
 """Action plugin for ``specfleet_stop`` (documentation in ``library/specfleet_stop.py``)."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import time
 
-_CORE = str(Path(__file__).resolve().parents[1] / "module_utils")
-if _CORE not in sys.path:
-    sys.path.insert(0, _CORE)
-
-import time  # noqa: E402
-
-from specfleet_action import DB_OPTION, ControllerAction  # noqa: E402
-
-from specfleet import controller  # noqa: E402
+from ansible_specfleet.action import DB_OPTION, ControllerAction
+from specfleet.ops import controller
 
 
 class ActionModule(ControllerAction):

@@ -3,18 +3,10 @@
 """Action plugin for ``specfleet_verify`` (documentation in ``library/specfleet_verify.py``)."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-_CORE = str(Path(__file__).resolve().parents[1] / "module_utils")
-if _CORE not in sys.path:
-    sys.path.insert(0, _CORE)
-
-from specfleet_action import DB_OPTION, LandingAction, chat_endpoint  # noqa: E402
-
-from specfleet import landing  # noqa: E402
-from specfleet.states import SpecState  # noqa: E402
-from specfleet.store import Store  # noqa: E402
+from ansible_specfleet.action import DB_OPTION, LandingAction, chat_endpoint
+from specfleet.land import landing
+from specfleet.model.states import SpecState
+from specfleet.store.core import Store
 
 
 class ActionModule(LandingAction):

@@ -3,14 +3,7 @@
 """Filters of specfleet's playbooks."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-_CORE = str(Path(__file__).resolve().parents[1] / "module_utils")
-if _CORE not in sys.path:
-    sys.path.insert(0, _CORE)
-
-from specfleet import health  # noqa: E402
+from specfleet.ops import health
 
 
 def health_table(results):

@@ -4,7 +4,7 @@
 
 Order among ready specs, lowest first: ``(priority, -remaining critical path by estimate,
 task id)``. Node: healthy, labels allow the executor, lowest ``specfleet_node_priority``,
-then most free slots. Both come from ``specfleet.fleet``; this file holds no policy.
+then most free slots. Both come from ``specfleet.dispatch.policy``; this file holds no policy.
 
 Ansible-core 2.19 warns once per run that non-builtin strategies are deprecated; the
 plugin is kept to this one class so that moving off the interface touches one file.
@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import os
 import queue
-import sys
 import threading
 import time
-from pathlib import Path
 
 from ansible import constants as C
 from ansible._internal._templating._engine import TemplateEngine
@@ -27,15 +25,12 @@ from ansible.plugins.loader import connection_loader
 from ansible.plugins.strategy.free import StrategyModule as FreeStrategy
 from ansible.utils.display import Display
 
-_CORE = str(Path(__file__).resolve().parents[1] / "module_utils")
-if _CORE not in sys.path:
-    sys.path.insert(0, _CORE)
-
-from specfleet import dispatcher as policy  # noqa: E402
-from specfleet import jobs  # noqa: E402
-from specfleet.fleet import NodeInfo  # noqa: E402
-from specfleet.store import Store, StoreError  # noqa: E402
-from specfleet.watch import NodeWatch, local_argv  # noqa: E402
+from specfleet.dispatch import jobs
+from specfleet.dispatch import run as policy
+from specfleet.dispatch.policy import NodeInfo
+from specfleet.dispatch.watch import NodeWatch, local_argv
+from specfleet.model.ending import Ending
+from specfleet.store.core import Store, StoreError
 
 DOCUMENTATION = r"""
 name: specfleet_dag
@@ -45,7 +40,7 @@ description:
     C(specfleet_project), C(specfleet_task_id), C(specfleet_db) and C(specfleet_run_id)); every
     task is delegated to C(specfleet_node), which this strategy sets when it starts the spec.
   - This plugin only decides I(when) a spec host may start and I(on which node). The decisions
-    are made by C(specfleet.dispatcher) (plain Python, unit-tested) against the shared SQLite
+    are made by C(specfleet.dispatch.run) (plain Python, unit-tested) against the shared SQLite
     state store; Ansible's C(free) strategy runs the tasks.
   - "Order among specs whose dependencies are completed, lowest first: (priority, -longest
     remaining path of estimates, task id)."
@@ -365,17 +360,16 @@ class StrategyModule(FreeStrategy):
             self._job_ended.discard(name)
             self._stalled.discard(name)
             if unreachable:
-                ending, reason = policy.UNREACHABLE, failure
+                ending, reason = Ending.UNREACHABLE, failure
             elif not iterator.is_failed(host):
-                ending, reason = policy.SUCCEEDED, None
+                ending, reason = Ending.SUCCEEDED, None
             elif stalled:
-                ending, reason = policy.STALLED, infra
+                ending, reason = Ending.STALLED, infra
             elif infra:
-                ending, reason = policy.INFRASTRUCTURE, infra
+                ending, reason = (Ending.JOB_ENDED if job_ended else Ending.INFRASTRUCTURE), infra
             else:
-                ending, reason = policy.FAILED, failure
-            leftover = ending == policy.UNREACHABLE or (ending == policy.INFRASTRUCTURE and not job_ended)
-            done = self._dispatcher.finish(task_id, ending, reason, leftover=leftover)
+                ending, reason = Ending.FAILED, failure
+            done = self._dispatcher.finish(task_id, ending, reason)
             self._report(host, ending, reason, done)
             if done.requeued:
                 self._reset(iterator, host, ending)
@@ -384,7 +378,7 @@ class StrategyModule(FreeStrategy):
         return ended
 
     def _report(self, host, ending, reason, done) -> None:
-        if ending == policy.SUCCEEDED:
+        if ending is Ending.SUCCEEDED:
             return
         state = done.outcome.state.value
         line = f"{host.name}: {ending} ({reason}); now {state}"
@@ -411,7 +405,7 @@ class StrategyModule(FreeStrategy):
         removed = iterator._play._removed_hosts
         removed[:] = [h for h in removed if h != name]
         # The recap describes the spec's final outcome; the requeue is in the log above.
-        self._tqm._stats.decrement("dark" if ending == policy.UNREACHABLE else "failures", name)
+        self._tqm._stats.decrement("dark" if ending is Ending.UNREACHABLE else "failures", name)
 
     def _drop(self, iterator, dropped) -> None:
         for task_id, reason in sorted(dropped.items()):

@@ -6,7 +6,7 @@ validation must reach: refused with a problem naming the file and field (and lin
 given), accepted, or ignored as "not a spec". Cases named ``bug_*`` are the regression
 tests of issue 19 part 4, one per measured failure.
 
-Cases run through :func:`specfleet.controller.feed`, the path ``specfleet_feed`` takes, into a
+Cases run through :func:`specfleet.ops.controller.feed`, the path ``specfleet_feed`` takes, into a
 fresh state database: a refused case must leave nothing stored.
 
 Run as a script, every case runs in this process, under an address-space limit and with a
@@ -32,9 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-for _path in (REPO_ROOT / "plugins" / "module_utils", REPO_ROOT):
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
 
 PROJECT = "hostile"
 GROUPS = {"all": ["node-1", "node-2"], "ungrouped": [], "specfleet_nodes": ["node-1", "node-2"], "gpu": ["node-2"]}
@@ -382,7 +381,7 @@ def make_repository(path: Path) -> Path:
 
 def run_case(case: Case, scratch: Path, repository: Path) -> dict:
     """Build the case's project under ``scratch`` and feed it; what validation said, as plain data."""
-    from specfleet import controller
+    from specfleet.ops import controller
 
     specs_root = scratch / "specs"
     folder = specs_root / PROJECT

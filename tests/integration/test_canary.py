@@ -135,10 +135,10 @@ def test_no_canary_reaches_anything_specfleet_writes(cluster, tmp_path):
     home = tmp_path / "home"
     env = controller_env(home, {**cluster.ansible_env(inventory), "ANTHROPIC_API_KEY": env_key,
                                 "HOME": str(controller_home),
-                                "PYTHONPATH": str(REPO_ROOT / "plugins" / "module_utils")})
+                                "PYTHONPATH": str(REPO_ROOT)})
 
     def specfleet(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "specfleet.cli", *args], capture_output=True, text=True,
+        return subprocess.run([sys.executable, "-m", "specfleet.ops.cli", *args], capture_output=True, text=True,
                               env=env, cwd="/", timeout=900)
 
     try:

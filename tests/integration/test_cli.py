@@ -11,8 +11,8 @@ from tests.integration.test_cluster_playbooks import recap
 
 
 def specfleet(fleet, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = dict(fleet.env, PYTHONPATH=str(REPO_ROOT / "plugins" / "module_utils"))
-    return subprocess.run([sys.executable, "-m", "specfleet.cli", *args], capture_output=True, text=True, env=env,
+    env = dict(fleet.env, PYTHONPATH=str(REPO_ROOT))
+    return subprocess.run([sys.executable, "-m", "specfleet.ops.cli", *args], capture_output=True, text=True, env=env,
                           cwd="/", timeout=timeout)
 
 

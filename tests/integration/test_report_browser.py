@@ -24,10 +24,11 @@ from pathlib import Path
 
 import pytest
 
-from specfleet import daily
-from specfleet import leases as leases_module
-from specfleet import store as store_module
-from specfleet.store import Store
+from specfleet.dispatch import leases as leases_module
+from specfleet.report import daily
+from specfleet.store import base as store_base
+from specfleet.store import core as store_module
+from specfleet.store.core import Store
 from tests.conftest import ProjectFactory
 from tests.integration.conftest import Controller, controller_env
 from tests.unit.test_daily_report import ALL_ATTEMPTS, DAY, DAY_END, DAY_START, UTC, Clock, at, good_day
@@ -60,6 +61,7 @@ def reported(tmp_path_factory: pytest.TempPathFactory):
     clock = Clock()
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(store_module, "now", clock)
+        patch.setattr(store_base, "now", clock)
         patch.setattr(leases_module, "now", clock)
         with Store(home / "state.db") as store:
             run = good_day(ProjectFactory(root), store, clock, home / "artifacts" / "demo")

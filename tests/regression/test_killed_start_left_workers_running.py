@@ -87,10 +87,10 @@ def wait_for(condition, what: str, timeout: float, proc: subprocess.Popen, outpu
 def test_a_signal_stops_every_process_of_the_run_closes_it_and_no_key_reaches_disk(cluster, fleet, tmp_path, signum):
     canaries = {"ANTHROPIC_API_KEY": f"canary-{secrets.token_hex(12)}",
                 "SPECFLEET_TEST_TOKEN": f"canary-{secrets.token_hex(12)}"}
-    env = dict(fleet.env, PYTHONPATH=str(REPO_ROOT / "plugins" / "module_utils"), **canaries)
+    env = dict(fleet.env, PYTHONPATH=str(REPO_ROOT), **canaries)
     output = tmp_path / "specfleet.out"
     with output.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "specfleet.cli", "start", "clawmarketing",
+        proc = subprocess.Popen([sys.executable, "-m", "specfleet.ops.cli", "start", "clawmarketing",
                                  "-e", "specfleet_job_command=sleep 120",
                                  # Specs wait for their jobs in workers, as in the report: workers live long.
                                  "-e", "specfleet_node_watch=false"], env=env, cwd="/", stdout=out,

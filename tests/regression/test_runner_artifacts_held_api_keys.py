@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from specfleet import cli, playbook
+from specfleet.ops import cli, playbook
 
 PLAYBOOK = """\
 - hosts: localhost

@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import REPO_ROOT
 
-CHECK = "from specfleet import sandbox; sandbox.check(); print('usable')"
+CHECK = "from specfleet.land import sandbox; sandbox.check(); print('usable')"
 
 
 @pytest.mark.parametrize("tmpdir", [
@@ -24,5 +24,5 @@ def test_the_sandbox_probe_does_not_depend_on_what_tmpdir_holds(tmp_path, tmpdir
     (tmp_path / "with-git" / ".git" / "objects" / "info" / "alternates").write_text("/nonexistent/objects\n")
     result = subprocess.run([sys.executable, "-c", CHECK], capture_output=True, text=True, timeout=60,
                             env={"PATH": "/usr/bin:/bin", "TMPDIR": tmpdir.format(tmp=tmp_path),
-                                 "PYTHONPATH": str(REPO_ROOT / "plugins" / "module_utils")})
+                                 "PYTHONPATH": str(REPO_ROOT)})
     assert result.returncode == 0 and "usable" in result.stdout, result.stderr

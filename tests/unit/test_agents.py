@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from specfleet import agents
+from specfleet.node import agents
 from tests.conftest import AGENT_USER
 
 

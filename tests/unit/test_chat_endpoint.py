@@ -1,16 +1,11 @@
 """The inventory's chat endpoints (review, planning) resolved with Ansible's own templating."""
 from __future__ import annotations
 
-import sys
-
 import pytest
 from ansible.parsing.dataloader import DataLoader
 from ansible.template import Templar, trust_as_template
 
-from tests.conftest import REPO_ROOT
-
-sys.path.insert(0, str(REPO_ROOT / "plugins" / "module_utils"))
-from specfleet_action import chat_endpoint
+from ansible_specfleet.action import chat_endpoint
 
 KEY = "sk-endpoint-canary-93b1"
 

@@ -6,7 +6,8 @@ import subprocess
 
 import pytest
 
-from specfleet import cleanup, jobs
+from specfleet.dispatch import jobs
+from specfleet.ops import cleanup
 
 
 def listing(root, project="demo"):

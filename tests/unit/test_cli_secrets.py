@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from specfleet import playbook
+from specfleet.ops import playbook
 
 
 @pytest.mark.parametrize(("name", "secret"), [

@@ -11,19 +11,21 @@ from datetime import UTC, datetime
 import jsonschema
 import pytest
 
-from specfleet import cli, usage
-from specfleet import leases as leases_module
-from specfleet import store as store_module
-from specfleet.fleet import NodeInfo
-from specfleet.leases import LeaseBook
-from specfleet.store import Store
+from specfleet.dispatch import leases as leases_module
+from specfleet.dispatch.leases import LeaseBook
+from specfleet.dispatch.policy import NodeInfo
+from specfleet.ops import cli
+from specfleet.report import usage
+from specfleet.store import base as store_base
+from specfleet.store import core as store_module
+from specfleet.store.core import Store
 from tests.conftest import REPO_ROOT, spec_text
 from tests.unit.test_leases import feed
 
 
 def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "specfleet.cli", *args], capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(REPO_ROOT / "plugins" / "module_utils"), **(env or {})},
+    return subprocess.run([sys.executable, "-m", "specfleet.ops.cli", *args], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO_ROOT), **(env or {})},
                           timeout=60)
 
 
@@ -67,7 +69,7 @@ def test_status_names_nodes_counts_running_specs_and_why_each_queued_spec_waits(
     assert any(line.split()[:3] == ["S1", "demo", "n1"] for line in lines)
     as_json = json.loads(run_cli("--db", str(db), "status", "--json").stdout)
     assert as_json["waiting"] == cli.status(str(db))["waiting"]
-    schema = json.loads((REPO_ROOT / "plugins/module_utils/specfleet/schema/status.schema.json").read_text())
+    schema = json.loads((REPO_ROOT / "specfleet/model/schema/status.schema.json").read_text())
     jsonschema.validate(as_json, schema)
     with pytest.raises(jsonschema.ValidationError):  # the schema does hold the output to its shape
         jsonschema.validate(dict(as_json, running=[{"task_id": "S1"}]), schema)
@@ -134,6 +136,7 @@ def spent_store(projects, tmp_path, monkeypatch):
     """
     clock = {"t": DAY1 + 20 * 3600.0}
     monkeypatch.setattr(store_module, "now", lambda: clock["t"])
+    monkeypatch.setattr(store_base, "now", lambda: clock["t"])
     monkeypatch.setattr(leases_module, "now", lambda: clock["t"])
     db = tmp_path / "state.db"
     with Store(db) as store:
@@ -210,7 +213,7 @@ def test_status_shows_usage_per_executor_with_unknown_cost_never_zero(spent_stor
         ["glm", "demo", "2", "4,000", "600", "$0.7500"],
         ["(total)", "demo", "3", "9,000", "700", "$0.7500", "(+1", "unknown)"]]
     as_json = json.loads(run_cli("--db", str(spent_store), "status", "--json").stdout)
-    schema = json.loads((REPO_ROOT / "plugins/module_utils/specfleet/schema/status.schema.json").read_text())
+    schema = json.loads((REPO_ROOT / "specfleet/model/schema/status.schema.json").read_text())
     jsonschema.validate(as_json, schema)
     assert as_json["usage"]["demo"]["by_executor"][0] == {"executor": "codex", "attempts": 1, "input_tokens": 5000,
                                                           "output_tokens": 100, "cost_usd": None, "cost_unknown": 1}

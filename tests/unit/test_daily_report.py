@@ -15,14 +15,16 @@ from pathlib import Path
 
 import pytest
 
-from specfleet import daily, landing
-from specfleet import leases as leases_module
-from specfleet import store as store_module
-from specfleet.fleet import NodeInfo
-from specfleet.leases import Grant, LeaseBook
-from specfleet.states import SpecState
-from specfleet.store import Store
-from specfleet.validation import validate_project
+from specfleet.dispatch import leases as leases_module
+from specfleet.dispatch.leases import Grant, LeaseBook
+from specfleet.dispatch.policy import NodeInfo
+from specfleet.land import landing
+from specfleet.model.states import SpecState
+from specfleet.report import daily
+from specfleet.store import base as store_base
+from specfleet.store import core as store_module
+from specfleet.store.core import Store
+from specfleet.validate.checks import validate_project
 from tests.conftest import ProjectFactory, spec_text
 
 DAY = "2024-05-14"
@@ -111,6 +113,7 @@ class History:
 def clock(monkeypatch) -> Clock:
     ticking = Clock()
     monkeypatch.setattr(store_module, "now", ticking)
+    monkeypatch.setattr(store_base, "now", ticking)
     monkeypatch.setattr(leases_module, "now", ticking)
     return ticking
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from specfleet import runner
+from specfleet.node import runner
 
 TOOL_RESULT_429 = json.dumps({"type": "user", "message": {"content": [{
     "type": "tool_result", "is_error": True,

@@ -8,13 +8,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from specfleet import dispatcher as policy
-from specfleet.dispatcher import Dispatcher
-from specfleet.fleet import NodeInfo
-from specfleet.leases import LeaseBook
-from specfleet.paths import paths_overlap
-from specfleet.states import SpecState
-from specfleet.store import Store
+from specfleet.dispatch.leases import LeaseBook
+from specfleet.dispatch.policy import NodeInfo
+from specfleet.dispatch.run import Dispatcher
+from specfleet.model.ending import Ending
+from specfleet.model.states import SpecState
+from specfleet.node.paths import paths_overlap
+from specfleet.store.core import Store
 from tests.conftest import ProjectFactory, spec_text
 from tests.unit.test_leases import NODES, feed
 
@@ -46,10 +46,10 @@ def test_a_chain_runs_in_order_and_the_run_ends(projects, store_path):
         first = run.step()
         assert [g.task_id for g in first.start] == ["A"] and not first.done
         assert run.step().start == []          # B waits for A
-        run.finish("A", policy.SUCCEEDED)
+        run.finish("A", Ending.SUCCEEDED)
         second = run.step()                    # a finish forces a pass at once
         assert [g.task_id for g in second.start] == ["B"]
-        run.finish("B", policy.SUCCEEDED)
+        run.finish("B", Ending.SUCCEEDED)
         assert run.step().done
         run.close("ok")
         assert {r.task_id: r.state for r in store.specs("demo")} == {"A": SpecState.COMPLETED,
@@ -70,7 +70,7 @@ def test_a_collected_spec_frees_its_slot_keeps_its_locks_and_its_dependents_wait
         assert step.start == [] and not step.done       # B waits for A's merge, C for A's lock
         store.transition("demo", "A", SpecState.VERIFIED)
         store.transition("demo", "A", SpecState.MERGED)
-        ended = run.finish("A", policy.SUCCEEDED)
+        ended = run.finish("A", Ending.SUCCEEDED)
         assert ended.outcome.state is SpecState.MERGED and not ended.requeued
         assert store.db.execute("SELECT COUNT(*) FROM path_locks WHERE task_id = 'A'").fetchone()[0] == 0
         assert [g.task_id for g in run.step().start] == ["B"]
@@ -87,13 +87,13 @@ def test_a_spec_the_merge_stage_sent_back_runs_again_and_an_unlanded_dependency_
         store.transition("demo", "A", SpecState.VERIFIED)
         store.transition("demo", "A", SpecState.CONFLICT, reason="merge conflict in src/a.py")
         store.transition("demo", "A", SpecState.QUEUED, reason="merge conflict in src/a.py")
-        assert run.finish("A", policy.FAILED, "did not land").requeued
+        assert run.finish("A", Ending.FAILED, "did not land").requeued
         [again] = run.step().start
         assert (again.task_id, again.attempt) == ("A", 2)
         run.collected("A")
         store.transition("demo", "A", SpecState.VERIFIED)
         store.transition("demo", "A", SpecState.IN_REVIEW)  # waits for a person: nothing in this run merges it
-        assert not run.finish("A", policy.FAILED, "review required").requeued
+        assert not run.finish("A", Ending.FAILED, "review required").requeued
         step = run.step(force=True)
         assert "dependency A is in_review, not merged" in step.dropped["B"] and step.done
 
@@ -103,7 +103,7 @@ def test_unreachable_quarantines_the_node_and_requeues_without_an_attempt(projec
         feed(projects, store, **{"A.md": spec_text("A")})
         run = engine(store, ["A"], nodes=[NodeInfo("n1", 1), NodeInfo("n2", 1, priority=1)])
         assert run.step().start[0].node == "n1"
-        ended = run.finish("A", policy.UNREACHABLE, "ssh: connection refused")
+        ended = run.finish("A", Ending.UNREACHABLE, "ssh: connection refused")
         assert ended.requeued and ended.quarantined_until is not None
         again = run.step()
         assert [(g.task_id, g.node, g.attempt) for g in again.start] == [("A", "n2", 2)]
@@ -120,7 +120,7 @@ def test_repeated_infrastructure_failures_end_the_spec_for_this_run(projects, st
         for number in range(1, 4):
             step = run.step()
             assert [g.attempt for g in step.start] == [number]
-            ended = run.finish("A", policy.INFRASTRUCTURE, "disk full")
+            ended = run.finish("A", Ending.INFRASTRUCTURE, "disk full")
         assert not ended.requeued and "3 infrastructure failures" in ended.gave_up
         last = run.step()
         assert last.dropped == {"B": "not started: dependency A is not run in this run"} and last.done
@@ -158,8 +158,8 @@ def test_drain_drops_what_has_not_started_and_cancel_requeues_the_killed(project
         run.clock.now += 1
         step = run.step()
         assert set(step.dropped) == {"C", "D"} and not step.done
-        run.finish("A", policy.FAILED, "killed")
-        run.finish("B", policy.SUCCEEDED)
+        run.finish("A", Ending.FAILED, "killed")
+        run.finish("B", Ending.SUCCEEDED)
         assert run.step().done
         run.close("stopped")
         states = {r.task_id: (r.state, r.attempts_used) for r in store.specs("demo")}
@@ -188,7 +188,7 @@ def test_heartbeats_keep_leases_alive_and_silence_lets_another_run_take_over(pro
         assert (grant.attempt, grant.adopted, grant.job_run) == (1, True, run.run_id)
         kinds = [e["kind"] for e in store.events("demo", "A")]
         assert "lease_expired" in kinds and "leftover_recorded" in kinds and "attempt_adopted" in kinds
-        late = run.finish("A", policy.SUCCEEDED)
+        late = run.finish("A", Ending.SUCCEEDED)
         assert late.outcome.late and store.spec("demo", "A").state is SpecState.RUNNING
 
 
@@ -203,7 +203,7 @@ def test_a_branch_collected_after_the_lease_was_taken_over_lands_nothing(project
         other.open()
         assert other.step().start
         assert run.collected("A").late and store.spec("demo", "A").state is SpecState.RUNNING
-        ended = run.finish("A", policy.SUCCEEDED)
+        ended = run.finish("A", Ending.SUCCEEDED)
         assert ended.outcome.late and not ended.requeued and run.step().done
         assert store.spec("demo", "A").state is SpecState.RUNNING  # the other run's, untouched
 
@@ -235,8 +235,9 @@ def test_a_run_never_breaks_slots_locks_or_order_and_always_ends(tmp_path_factor
         clock = Clock()
         with pytest.MonkeyPatch.context() as patch:
             # Leases, heartbeats and quarantines read the store's clock: give it simulated time.
-            patch.setattr("specfleet.store.now", clock)
-            patch.setattr("specfleet.leases.now", clock)
+            patch.setattr("specfleet.store.core.now", clock)
+            patch.setattr("specfleet.store.base.now", clock)
+            patch.setattr("specfleet.dispatch.leases.now", clock)
             step = simulate(store, specs, rng, clock)
         assert step.done, "the run did not end"
         assert store.db.execute("SELECT COUNT(*) FROM slot_leases").fetchone()[0] == 0
@@ -262,7 +263,7 @@ def simulate(store, specs, rng, clock):
             for task, (_node, end) in sorted(running.items()):
                 if end <= clock.now:
                     del running[task]
-                    run.finish(task, rng.choices(policy.ENDINGS, weights=[7, 2, 1, 1, 1])[0], "random")
+                    run.finish(task, rng.choices(list(Ending)[:5], weights=[7, 2, 1, 1, 1])[0], "random")
             # Now and then a preflight reaches a node and finds the jobs left there have ended.
             for left in run.book.leftovers():
                 if rng.random() < 0.2:

@@ -4,8 +4,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from specfleet.durations import format_duration, parse_duration
-from specfleet.paths import LockIndex, covers, glob_regex, normalise_modifies, paths_overlap
+from specfleet.model.durations import format_duration, parse_duration
+from specfleet.node.paths import LockIndex, covers, glob_regex, normalise_modifies, paths_overlap
 
 
 @pytest.mark.parametrize(("text", "seconds"), [

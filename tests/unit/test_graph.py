@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from specfleet.graph import CycleError, SpecGraph
+from specfleet.model.graph import CycleError, SpecGraph
 
 SEEDS = {  # the seeds' split: S03 needs S01+S02, S04 needs S01, ...
     "S01": [], "S02": [], "S03": ["S01", "S02"], "S04": ["S01"], "S05": ["S01"],

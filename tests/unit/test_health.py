@@ -7,12 +7,12 @@ import subprocess
 import time
 from pathlib import Path
 
-from specfleet import health
-from specfleet.attempt import RUNNER_FILES
-from specfleet.runner import runner_version
+from specfleet.attempt.lifecycle import RUNNER_FILES
+from specfleet.node.runner import runner_version
+from specfleet.ops import health
 from tests.conftest import REPO_ROOT
 
-CORE = REPO_ROOT / "plugins" / "module_utils" / "specfleet"
+CORE = REPO_ROOT / "specfleet" / "node"
 
 
 def work_root(tmp_path: Path) -> tuple[Path, Path]:

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from specfleet import inventory
+from specfleet.dispatch import inventory
 from tests.conftest import REPO_ROOT
 
 ANSIBLE_INVENTORY = REPO_ROOT / ".venv" / "bin" / "ansible-inventory"

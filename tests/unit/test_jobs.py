@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from specfleet import jobs
+from specfleet.dispatch import jobs
 
 
 def sh(script: str) -> subprocess.CompletedProcess:

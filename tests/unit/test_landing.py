@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from specfleet import landing
-from specfleet.project import load_project
-from specfleet.states import SpecState
-from specfleet.store import Store, now
-from specfleet.validation import validate_project
-from specfleet.workspace import integration_branch, spec_branch
+from specfleet.attempt.workspace import integration_branch, spec_branch
+from specfleet.land import landing
+from specfleet.model.project import load_project
+from specfleet.model.states import SpecState
+from specfleet.store.core import Store, now
+from specfleet.validate.checks import validate_project
 from tests.chat_server import completion
 from tests.conftest import git, make_repo, spec_text
 

@@ -8,12 +8,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from specfleet.fleet import DEPENDENCY_COMPLETED, NodeInfo, choose_node, ready_and_doomed
-from specfleet.leases import LeaseBook, RunConflict
-from specfleet.paths import paths_overlap
-from specfleet.states import SpecState
-from specfleet.store import Store, StoreError
-from specfleet.validation import validate_project
+from specfleet.dispatch.leases import LeaseBook, RunConflict
+from specfleet.dispatch.policy import NodeInfo, choose_node, ready_and_doomed
+from specfleet.model.states import DEPENDENCY_COMPLETED, SpecState
+from specfleet.node.paths import paths_overlap
+from specfleet.store.core import Store, StoreError
+from specfleet.validate.checks import validate_project
 from tests.conftest import ProjectFactory, spec_text
 
 NODES = [NodeInfo("n1", 1), NodeInfo("n2", 2), NodeInfo("n4", 4)]

@@ -1,4 +1,4 @@
-"""The node watcher (jobs.WATCHER) and its controller end (specfleet.watch), with real jobs and processes.
+"""The node watcher (jobs.WATCHER) and its controller end (specfleet.dispatch.watch), with real jobs and processes.
 
 The watcher runs here through ``sh -c`` (as for a node reached with the local
 connection); over SSH it is the same script behind one more pipe, which the dispatch
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from specfleet import jobs
-from specfleet.watch import NodeWatch, local_argv
+from specfleet.dispatch import jobs
+from specfleet.dispatch.watch import NodeWatch, local_argv
 
 
 def sh(script: str) -> subprocess.CompletedProcess:

@@ -6,9 +6,9 @@ import socket
 
 import pytest
 
-from specfleet import chat as chatapi
-from specfleet import planning
-from specfleet.validation import validate_project
+from specfleet.plan import chat as chatapi
+from specfleet.plan import planning
+from specfleet.validate.checks import validate_project
 from tests.chat_server import completion
 
 KEY = "sk-plan-canary-7f3a91"

@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from specfleet.fleet import NodeInfo
-from specfleet.leases import LeaseBook
-from specfleet.store import Store
+from specfleet.dispatch.leases import LeaseBook
+from specfleet.dispatch.policy import NodeInfo
+from specfleet.store.core import Store
 from tests.conftest import REPO_ROOT, spec_text
 from tests.unit.test_leases import feed
 

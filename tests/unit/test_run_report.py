@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import pytest
 
-from specfleet import controller
-from specfleet.fleet import NodeInfo
-from specfleet.leases import LeaseBook
-from specfleet.store import Store
+from specfleet.dispatch.leases import LeaseBook
+from specfleet.dispatch.policy import NodeInfo
+from specfleet.ops import controller
+from specfleet.store.core import Store
 from tests.conftest import spec_text
 from tests.unit.test_leases import feed
 

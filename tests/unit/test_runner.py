@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from specfleet import executors, prompt, runner, workspace
+from specfleet.attempt import executors, prompt, workspace
+from specfleet.node import runner
 from tests.conftest import AGENT_USER, REPO_ROOT, git, make_repo
 
 FAKE = REPO_ROOT / "tests" / "fixtures" / "fake_agent.py"
-RUNNER = REPO_ROOT / "plugins" / "module_utils" / "specfleet" / "runner.py"
+RUNNER = REPO_ROOT / "specfleet" / "node" / "runner.py"
 
 
 def diff_of(repo: Path) -> tuple[list[runner.Change], dict]:

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from specfleet import sandbox
-from specfleet.sandbox import Bounds
+from specfleet.land import sandbox
+from specfleet.land.sandbox import Bounds
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from specfleet.spec import content_hash, parse_sections, parse_spec
+from specfleet.model.spec import content_hash, parse_sections, parse_spec
 from tests.conftest import spec_text
 
 CHINESE = """---

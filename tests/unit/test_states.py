@@ -4,7 +4,7 @@ import itertools
 
 import pytest
 
-from specfleet.states import NEEDS_REASON, TERMINAL, TRANSITIONS, InvalidTransition, SpecState, check_transition
+from specfleet.model.states import NEEDS_REASON, TERMINAL, TRANSITIONS, InvalidTransition, SpecState, check_transition
 
 ALLOWED = [(a, b) for a, targets in TRANSITIONS.items() for b in sorted(targets)]
 FORBIDDEN = [(a, b) for a, b in itertools.product(SpecState, SpecState) if b not in TRANSITIONS[a]]

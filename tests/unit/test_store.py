@@ -5,9 +5,9 @@ import sqlite3
 
 import pytest
 
-from specfleet.states import InvalidTransition, SpecState
-from specfleet.store import MIGRATIONS, SCHEMA_VERSION, StaleState, Store, StoreError
-from specfleet.validation import validate_project
+from specfleet.model.states import InvalidTransition, SpecState
+from specfleet.store.core import MIGRATIONS, SCHEMA_VERSION, StaleState, Store, StoreError
+from specfleet.validate.checks import validate_project
 from tests.conftest import spec_text
 
 

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from specfleet.project import load_project
-from specfleet.validation import validate_project
+from specfleet.model.project import load_project
+from specfleet.validate.checks import validate_project
 from tests.conftest import git, spec_text
 
 EXECUTORS = ["glm", "codex"]

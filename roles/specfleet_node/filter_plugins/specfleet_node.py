@@ -3,14 +3,7 @@
 """Filters of the specfleet_node role."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-_CORE = str(Path(__file__).resolve().parents[3] / "plugins" / "module_utils")
-if _CORE not in sys.path:
-    sys.path.insert(0, _CORE)
-
-from specfleet.executors import ExecutorError, chain  # noqa: E402
+from specfleet.attempt.executors import ExecutorError, chain
 
 
 def credential_vars(executors, labels=None):

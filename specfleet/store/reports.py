@@ -1,0 +1,12 @@
+# Copyright: specfleet contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The store's reads and writes for the daily report, the run report, status and usage (specfleet.report, specfleet.ops.cli).
+
+A mixin of :class:`specfleet.store.core.Store`: methods use ``self.db`` (an ``sqlite3``
+connection with ``sqlite3.Row`` rows) and ``self.transaction()``.
+"""
+from __future__ import annotations
+
+
+class ReportQueries:
+    pass
