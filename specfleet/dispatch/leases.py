@@ -43,8 +43,8 @@ from specfleet.dispatch.policy import NodeInfo, choose_node, ordered, ready_and_
 from specfleet.model.graph import SpecGraph
 from specfleet.model.states import DEPENDENCY_MERGED, SpecState
 from specfleet.node.paths import LockIndex
+from specfleet.store import base as store_base
 from specfleet.store.base import event as _event
-from specfleet.store.base import now
 from specfleet.store.core import Store, StoreError
 
 DEFAULT_TTL = 90.0
@@ -53,6 +53,8 @@ QUARANTINE_MAX = 600.0
 OCCUPYING = ("unknown", "running")  # leftover statuses that still use a slot on their node
 # A job cannot outlive its timeout: the node's wrapper kills it then (plus the KILL grace).
 LEFTOVER_MARGIN = 90.0
+# Older tests patch this name; the code reads the one clock, store_base.now().
+now = store_base.now
 
 
 class RunConflict(StoreError):
@@ -140,7 +142,7 @@ class LeaseBook:
         atomic, but two would each wait on the other's specs and report them; one at a
         time is what people expect from a cron job.)
         """
-        stamp = now()
+        stamp = store_base.now()
         pid = owner_pid or os.getpid()
         host = socket.gethostname()
         with self.store.transaction() as db:
@@ -167,7 +169,7 @@ class LeaseBook:
 
     def close_run(self, status: str) -> None:
         """End this run. Specs it still holds go back to the queue; their jobs become leftovers."""
-        stamp = now()
+        stamp = store_base.now()
         with self.store.transaction() as db:
             if db.execute("SELECT 1 FROM runs WHERE id = ? AND ended_at IS NULL", (self.run_id,)).fetchone() is None:
                 return
@@ -212,7 +214,7 @@ class LeaseBook:
 
     def heartbeat(self) -> None:
         """Prove this run is alive: renew the run and every lease and lock it holds."""
-        stamp = now()
+        stamp = store_base.now()
         with self.store.transaction() as db:
             db.execute("UPDATE runs SET heartbeat_at = ? WHERE id = ?", (stamp, self.run_id))
             db.execute("UPDATE slot_leases SET expires_at = ? WHERE run_id = ?", (stamp + self.ttl, self.run_id))
@@ -221,11 +223,11 @@ class LeaseBook:
 
     def sync_nodes(self, nodes: Sequence[NodeInfo]) -> None:
         with self.store.transaction() as db:
-            _upsert_nodes(db, nodes, now())
+            _upsert_nodes(db, nodes, store_base.now())
 
     def quarantine(self, node: str, reason: str) -> float:
         """Take ``node`` out for an exponentially growing time; return when it may be probed again."""
-        stamp = now()
+        stamp = store_base.now()
         with self.store.transaction() as db:
             row = db.execute("SELECT failures FROM nodes WHERE name = ?", (node,)).fetchone()
             failures = (row["failures"] if row else 0) + 1
@@ -241,7 +243,7 @@ class LeaseBook:
         with self.store.transaction() as db:
             row = db.execute("SELECT health FROM nodes WHERE name = ?", (node,)).fetchone()
             db.execute("UPDATE nodes SET health = 'healthy', health_reason = NULL, failures = 0, quarantined_until = NULL,"
-                       " last_seen_at = ?, updated_at = ? WHERE name = ?", (now(), now(), node))
+                       " last_seen_at = ?, updated_at = ? WHERE name = ?", (store_base.now(), store_base.now(), node))
             if row is not None and row["health"] == "quarantined":
                 _event(db, "node_readmitted", run_id=self.run_id,
                        detail={"node": node, "by": "preflight probe" if seen else "a spec ended normally there"})
@@ -272,7 +274,7 @@ class LeaseBook:
         rest waits.
         """
         result = PassResult()
-        stamp = now()
+        stamp = store_base.now()
         with self.store.transaction() as db:
             if _dry_run:  # a preview's attempts name no live run; nothing of it is ever committed
                 db.execute("PRAGMA defer_foreign_keys = ON")
@@ -365,7 +367,7 @@ class LeaseBook:
     def expire(self) -> int:
         """Reclaim what dead runs hold (see :meth:`_expire`); return how many leases."""
         with self.store.transaction() as db:
-            return self._expire(db, now())
+            return self._expire(db, store_base.now())
 
     def _expire(self, db, stamp: float) -> int:
         """Reclaim what dead runs hold: their leases become leftovers and their specs are queued.
@@ -472,7 +474,7 @@ class LeaseBook:
             moved_on = row["state"] != SpecState.QUEUED.value
             if job in ("running", "finished") and not moved_on:
                 db.execute("UPDATE leftovers SET status = ?, checked_at = ? WHERE attempt_id = ?",
-                           (job, now(), attempt_id))
+                           (job, store_base.now(), attempt_id))
                 if job == "finished":  # nothing changes files there any more
                     db.execute("DELETE FROM path_locks WHERE leftover = ?", (attempt_id,))
                 return "keep"
@@ -501,7 +503,7 @@ class LeaseBook:
             db.execute("DELETE FROM leftovers WHERE attempt_id = ?", (attempt_id,))
             db.execute("DELETE FROM path_locks WHERE leftover = ?", (attempt_id,))
             db.execute("UPDATE attempts SET ended_at = ?, outcome = ?, reason = ?, kind = 'spec', adopted_by = ?"
-                       " WHERE id = ?", (now(), "succeeded" if succeeded else "spec_failure", reason, self.run_id,
+                       " WHERE id = ?", (store_base.now(), "succeeded" if succeeded else "spec_failure", reason, self.run_id,
                                          attempt_id))
             detail = {"node": row["node"], "attempt_id": attempt_id, "job_run": row["job_run"], "ok": succeeded}
             _event(db, "leftover_collected", *key, self.run_id, detail=detail)
@@ -550,7 +552,7 @@ class LeaseBook:
             if infrastructure and leftover and not cancelled:
                 lease = db.execute("SELECT * FROM slot_leases WHERE project = ? AND task_id = ? AND run_id = ?",
                                    (project, task_id, self.run_id)).fetchall()
-                self._requeue(db, lease, outcome, reason or "node did not answer", now())
+                self._requeue(db, lease, outcome, reason or "node did not answer", store_base.now())
                 return Outcome(SpecState.QUEUED)
             db.execute("DELETE FROM slot_leases WHERE project = ? AND task_id = ? AND run_id = ?",
                        (project, task_id, self.run_id))
@@ -559,7 +561,7 @@ class LeaseBook:
                            (project, task_id, self.run_id))
             kind = "cancel" if cancelled else ("infra" if infrastructure else "spec")
             db.execute("UPDATE attempts SET ended_at = ?, outcome = ?, reason = ?, kind = ? WHERE id = ?",
-                       (now(), outcome, reason, kind, grant.attempt_id))
+                       (store_base.now(), outcome, reason, kind, grant.attempt_id))
             row = db.execute("SELECT * FROM specs WHERE project = ? AND task_id = ?", (project, task_id)).fetchone()
             if succeeded:
                 self.store._transition(db, project, task_id, SpecState.COMPLETED, reason=None, run_id=self.run_id)
@@ -587,7 +589,7 @@ class LeaseBook:
         if mode not in ("drain", "cancel"):
             raise ValueError(f"stop mode must be drain or cancel, not {mode!r}")
         with self.store.transaction() as db:
-            self._expire(db, now())
+            self._expire(db, store_base.now())
             runs = [dict(r) for r in db.execute("SELECT id, owner, started_at, heartbeat_at, stop FROM runs"
                                                 " WHERE project = ? AND kind = 'dispatch' AND ended_at IS NULL",
                                                 (project,))]
