@@ -100,3 +100,8 @@ class AttemptQueries:
             f" WHERE {' AND '.join(where)} GROUP BY project, task_id, executor, node, day"
             " ORDER BY project, task_id, executor, node, day", args)
         return [dict(r) for r in rows]
+
+    def attempts_per_spec(self, run_id: str) -> dict[str, int]:
+        """How many attempts run ``run_id`` made of each spec."""
+        return {r["task_id"]: r["n"] for r in self.db.execute(
+            "SELECT task_id, COUNT(*) AS n FROM attempts WHERE run_id = ? GROUP BY task_id", (run_id,))}

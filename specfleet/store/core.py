@@ -31,7 +31,9 @@ from typing import Any
 
 from specfleet.store import base
 from specfleet.store.attempts import AttemptQueries
+from specfleet.store.base import event as _event
 from specfleet.store.landing import LandingQueries
+from specfleet.store.leases import LeaseQueries
 from specfleet.store.nodes import NodeQueries
 from specfleet.store.progress import ProgressQueries
 from specfleet.store.reports import ReportQueries
@@ -46,8 +48,8 @@ StaleState = base.StaleState
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "FeedResult", "SpecRow", "StaleState", "Store", "StoreError", "now"]
 
 
-class Store(SchemaMigrations, SpecQueries, AttemptQueries, RunQueries, NodeQueries, LandingQueries, ReportQueries,
-            ProgressQueries):
+class Store(SchemaMigrations, SpecQueries, AttemptQueries, RunQueries, NodeQueries, LeaseQueries, LandingQueries,
+            ReportQueries, ProgressQueries):
     """A connection to the state database; cheap to open, one per process or thread."""
 
     def __init__(self, path: str | Path, migrations: Sequence[tuple[int, str, str]] = MIGRATIONS,
@@ -78,7 +80,15 @@ class Store(SchemaMigrations, SpecQueries, AttemptQueries, RunQueries, NodeQueri
 
     @contextmanager
     def transaction(self, mode: str = "IMMEDIATE") -> Iterator[sqlite3.Connection]:
-        """``BEGIN IMMEDIATE`` takes the write lock up front, so read-check-write is atomic."""
+        """``BEGIN IMMEDIATE`` takes the write lock up front, so read-check-write is atomic.
+
+        Re-entrant: inside an open transaction it joins it (the outermost one commits or
+        rolls back), so a caller can run several store methods as one atomic step, as the
+        lease book's grant pass does.
+        """
+        if self.db.in_transaction:
+            yield self.db
+            return
         self.db.execute(f"BEGIN {mode}")
         try:
             yield self.db
@@ -101,3 +111,13 @@ class Store(SchemaMigrations, SpecQueries, AttemptQueries, RunQueries, NodeQueri
             args.append(task_id)
         rows = self.db.execute(query + " ORDER BY id", args).fetchall()
         return [dict(r, detail=json.loads(r["detail_json"])) for r in rows]
+
+    def record_event(self, kind: str, project: str | None = None, task_id: str | None = None,
+                     run_id: str | None = None, detail: dict | None = None) -> None:
+        """Append one event that goes with no other change (e.g. a late result ignored)."""
+        with self.transaction() as db:
+            _event(db, kind, project, task_id, run_id, detail=detail)
+
+    def last_event_id(self) -> int | None:
+        """The newest event's id: any write since a reader last looked changes it."""
+        return self.db.execute("SELECT MAX(id) FROM events").fetchone()[0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Iterable
 from typing import Any
 
 from specfleet.store import base
@@ -64,6 +65,51 @@ class NodeQueries:
             if back:
                 _event(db, "node_enabled", detail={"node": name, "by": by, "was": row["disabled_reason"]})
         return back
+
+    # -- the dispatch's view: inventory, quarantine, availability ----------------------------
+
+    def record_inventory(self, nodes: Iterable[Any], stamp: float) -> None:
+        """Record the inventory's view of each node (``name``, ``slots``, ``enabled``, ``priority``,
+        ``labels``, as :class:`~specfleet.dispatch.policy.NodeInfo` has them); health is kept."""
+        with self.transaction() as db:
+            db.executemany(
+                "INSERT INTO nodes (name, slots, enabled, priority, labels_json, updated_at) VALUES (?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT(name) DO UPDATE SET slots = excluded.slots, enabled = excluded.enabled,"
+                " priority = excluded.priority, labels_json = excluded.labels_json, updated_at = excluded.updated_at",
+                [(n.name, n.slots, int(n.enabled), n.priority, json.dumps(sorted(n.labels)), stamp) for n in nodes])
+
+    def node_failures(self, name: str) -> int:
+        """How many times in a row ``name`` failed (0 for a node the store does not know)."""
+        row = self.db.execute("SELECT failures FROM nodes WHERE name = ?", (name,)).fetchone()
+        return row["failures"] if row else 0
+
+    def set_node_quarantined(self, name: str, reason: str, failures: int, until: float, stamp: float,
+                             run_id: str | None) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE nodes SET health = 'quarantined', health_reason = ?, failures = ?, quarantined_until = ?,"
+                       " updated_at = ? WHERE name = ?", (reason, failures, until, stamp, name))
+            _event(db, "node_quarantined", run_id=run_id, detail={"node": name, "reason": reason,
+                                                                  "failures": failures, "until": until})
+
+    def set_node_healthy(self, name: str, by: str, run_id: str | None) -> None:
+        """``name`` works: its quarantine ends (event ``node_readmitted`` naming ``by`` if it was quarantined)."""
+        with self.transaction() as db:
+            row = db.execute("SELECT health FROM nodes WHERE name = ?", (name,)).fetchone()
+            db.execute("UPDATE nodes SET health = 'healthy', health_reason = NULL, failures = 0, quarantined_until = NULL,"
+                       " last_seen_at = ?, updated_at = ? WHERE name = ?", (base.now(), base.now(), name))
+            if row is not None and row["health"] == "quarantined":
+                _event(db, "node_readmitted", run_id=run_id, detail={"node": name, "by": by})
+
+    def unavailable_nodes(self, stamp: float) -> set[str]:
+        """Nodes no spec may start on now: disabled in the inventory, taken out, or quarantined."""
+        rows = self.db.execute("SELECT name FROM nodes WHERE enabled = 0 OR disabled_by IS NOT NULL OR"
+                               " (health = 'quarantined' AND quarantined_until > ?)", (stamp,))
+        return {r["name"] for r in rows}
+
+    def taken_out_nodes(self) -> dict[str, str]:
+        """Nodes bootstrap or the health guardian took out: name -> ``by: reason``."""
+        return {r["name"]: f"{r['disabled_by']}: {r['disabled_reason']}" for r in self.db.execute(
+            "SELECT name, disabled_by, disabled_reason FROM nodes WHERE disabled_by IS NOT NULL")}
 
 
 def _node_row(db: sqlite3.Connection, name: str, stamp: float) -> sqlite3.Row:

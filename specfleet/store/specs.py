@@ -93,6 +93,12 @@ class SpecQueries:
             args += [str(s) for s in states]
         return [SpecRow.from_row(r) for r in self.db.execute(query + " ORDER BY task_id", args)]
 
+    def specs_named(self, project: str, task_ids: Sequence[str]) -> list[SpecRow]:
+        """The rows of ``task_ids`` that exist (one query, however many)."""
+        marks = ",".join("?" * len(task_ids)) or "NULL"
+        return [SpecRow.from_row(r) for r in self.db.execute(
+            f"SELECT * FROM specs WHERE project = ? AND task_id IN ({marks})", (project, *task_ids))]
+
     def transition(self, project: str, task_id: str, target: SpecState | str, *, reason: str | None = None,
                    expect_state: SpecState | str | None = None, expect_version: int | None = None,
                    run_id: str | None = None, detail: dict | None = None) -> SpecRow:
@@ -132,6 +138,16 @@ class SpecQueries:
                dict(detail or {}, **({"reason": reason} if reason else {})))
         new = db.execute("SELECT * FROM specs WHERE project = ? AND task_id = ?", (project, task_id)).fetchone()
         return SpecRow.from_row(new)
+
+    def spec_state(self, project: str, task_id: str) -> SpecState | None:
+        row = self.db.execute("SELECT state FROM specs WHERE project = ? AND task_id = ?", (project, task_id)).fetchone()
+        return SpecState(row["state"]) if row else None
+
+    def spec_failed(self, project: str, task_id: str, reason: str, run_id: str | None = None,
+                    detail: dict | None = None) -> tuple[SpecState, list[str]]:
+        """A spec-level failure, in its own transaction or the caller's (see ``_spec_failed``)."""
+        with self.transaction() as db:
+            return self._spec_failed(db, project, task_id, reason, run_id, detail)
 
     def _spec_failed(self, db: sqlite3.Connection, project: str, task_id: str, reason: str,
                      run_id: str | None = None, detail: dict | None = None) -> tuple[SpecState, list[str]]:
