@@ -243,18 +243,7 @@ class SpecQueries:
         result = FeedResult(report.project)
         stamp = base.now()
         with self.transaction() as db:
-            project_row = db.execute("SELECT config_hash FROM projects WHERE name = ?", (config.name,)).fetchone()
-            if project_row is None or project_row["config_hash"] != config.config_hash:
-                result.project_changed = True
-                db.execute(
-                    "INSERT INTO projects (name, folder, repository, base_branch, config_json, config_hash, created_at,"
-                    " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET folder = excluded.folder,"
-                    " repository = excluded.repository, base_branch = excluded.base_branch,"
-                    " config_json = excluded.config_json, config_hash = excluded.config_hash,"
-                    " updated_at = excluded.updated_at",
-                    (config.name, str(config.folder), config.repository, config.base_branch,
-                     json.dumps(config.raw, sort_keys=True, default=str), config.config_hash, stamp, stamp))
-                _event(db, "project_configured", config.name, detail={"config_hash": config.config_hash})
+            result.project_changed = _configure_project(db, config, stamp)
             existing = {r["task_id"]: r for r in db.execute("SELECT * FROM specs WHERE project = ?", (config.name,))}
             for task_id, spec in sorted(report.specs.items()):
                 row = existing.get(task_id)
@@ -271,18 +260,21 @@ class SpecQueries:
                 else:
                     result.unchanged.append(task_id)
             for task_id, row in sorted(existing.items()):
-                if task_id in report.specs or not row["file_present"]:
-                    continue
-                result.removed.append(task_id)
-                db.execute("UPDATE specs SET file_present = 0, updated_at = ? WHERE project = ? AND task_id = ?",
-                           (stamp, config.name, task_id))
-                _event(db, "spec_file_removed", config.name, task_id, detail={"path": row["path"]})
-                if row["state"] in (SpecState.QUEUED.value, SpecState.BLOCKED.value):
-                    self._transition(db, config.name, task_id, SpecState.CANCELLED,
-                                     reason=f"spec file {row['path']} was removed")
+                if task_id not in report.specs and row["file_present"]:
+                    self._file_removed(db, row, stamp)
+                    result.removed.append(task_id)
             if dry_run:
                 raise _DryRun(result)
         return result
+
+    def _file_removed(self, db: sqlite3.Connection, row: sqlite3.Row, stamp: float) -> None:
+        """The spec's file is gone: flag it; cancel it if nothing ran for it (``queued``, ``blocked``)."""
+        project, task_id = row["project"], row["task_id"]
+        db.execute("UPDATE specs SET file_present = 0, updated_at = ? WHERE project = ? AND task_id = ?",
+                   (stamp, project, task_id))
+        _event(db, "spec_file_removed", project, task_id, detail={"path": row["path"]})
+        if row["state"] in (SpecState.QUEUED.value, SpecState.BLOCKED.value):
+            self._transition(db, project, task_id, SpecState.CANCELLED, reason=f"spec file {row['path']} was removed")
 
     def _revise(self, db: sqlite3.Connection, row: sqlite3.Row, spec: Any, stamp: float, result: FeedResult) -> None:
         project, task_id = row["project"], row["task_id"]
@@ -341,6 +333,23 @@ class _DryRun(Exception):
     def __init__(self, result: FeedResult):
         super().__init__("dry run")
         self.result = result
+
+
+def _configure_project(db: sqlite3.Connection, config: Any, stamp: float) -> bool:
+    """Record the project's settings if they changed (``config_hash``); True if they did."""
+    row = db.execute("SELECT config_hash FROM projects WHERE name = ?", (config.name,)).fetchone()
+    if row is not None and row["config_hash"] == config.config_hash:
+        return False
+    db.execute(
+        "INSERT INTO projects (name, folder, repository, base_branch, config_json, config_hash, created_at,"
+        " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET folder = excluded.folder,"
+        " repository = excluded.repository, base_branch = excluded.base_branch,"
+        " config_json = excluded.config_json, config_hash = excluded.config_hash,"
+        " updated_at = excluded.updated_at",
+        (config.name, str(config.folder), config.repository, config.base_branch,
+         json.dumps(config.raw, sort_keys=True, default=str), config.config_hash, stamp, stamp))
+    _event(db, "project_configured", config.name, detail={"config_hash": config.config_hash})
+    return True
 
 
 def _insert_spec(db: sqlite3.Connection, spec: Any, stamp: float) -> None:
