@@ -37,6 +37,11 @@ class NodeInfo:
         return not self.labels or executor is None or executor in self.labels
 
     @classmethod
+    def from_row(cls, row: Mapping) -> NodeInfo:
+        """Build from the store's record of the inventory (:meth:`~specfleet.store.core.Store.node_inventory`)."""
+        return cls(row["name"], row["slots"], row["priority"], frozenset(row["labels"]), bool(row["enabled"]))
+
+    @classmethod
     def from_vars(cls, name: str, hostvars: Mapping) -> NodeInfo:
         """Build from inventory variables (``specfleet_slots``, ``specfleet_node_priority``, ...)."""
         slots = int(hostvars.get("specfleet_slots", 0))

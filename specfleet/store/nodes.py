@@ -78,6 +78,13 @@ class NodeQueries:
                 " priority = excluded.priority, labels_json = excluded.labels_json, updated_at = excluded.updated_at",
                 [(n.name, n.slots, int(n.enabled), n.priority, json.dumps(sorted(n.labels)), stamp) for n in nodes])
 
+    def node_inventory(self) -> list[dict[str, Any]]:
+        """What :meth:`record_inventory` last recorded of each node: ``name``, ``slots``, ``priority``,
+        ``labels`` (a list), ``enabled``; ``NodeInfo.from_row`` turns a row back into a node."""
+        return [{"name": r["name"], "slots": r["slots"], "priority": r["priority"],
+                 "labels": json.loads(r["labels_json"] or "[]"), "enabled": bool(r["enabled"])}
+                for r in self.db.execute("SELECT name, slots, priority, labels_json, enabled FROM nodes")]
+
     def node_failures(self, name: str) -> int:
         """How many times in a row ``name`` failed (0 for a node the store does not know)."""
         row = self.db.execute("SELECT failures FROM nodes WHERE name = ?", (name,)).fetchone()

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import pytest
 
-from specfleet.dispatch.policy import NodeInfo
+from specfleet.dispatch.policy import NodeInfo, may_run
 from specfleet.dispatch.scheduler import Leftover, ReadySpec, Snapshot, schedule
 
 NOW = 1000.0
@@ -145,3 +145,29 @@ def test_schedule(case):
 def test_an_adopted_leftover_is_the_newest_attempt_with_its_original_run():
     plan = schedule(snapshot(ready=["A"], occupied=["n1/0"], leftovers=["A@n1/0"]))
     assert plan.grants[0].leftover.attempt_id == 1 and plan.grants[0].leftover.job_run == "old-run-1"
+
+
+def test_a_node_recorded_in_the_store_reads_back_as_the_same_node(tmp_path):
+    from specfleet.store.core import Store
+
+    nodes = [NodeInfo("n1", 2, 1, frozenset({"codex", "glm"})), NodeInfo("n2", 0, enabled=False)]
+    with Store(tmp_path / "state.db") as store:
+        store.record_inventory(nodes, NOW)
+        assert sorted((NodeInfo.from_row(r) for r in store.node_inventory()), key=lambda n: n.name) == nodes
+
+
+@pytest.mark.parametrize(("node", "executor", "unavailable", "eligible"), [
+    ("n1/1",        None,    (),     True),
+    ("n1/1",        "codex", (),     True),    # no labels: any executor
+    ("n1/1:codex",  "codex", (),     True),
+    ("n1/1:claude", "codex", (),     False),   # labels name the executors it runs
+    ("n1/1:claude", None,    (),     True),    # a spec naming no executor runs anywhere
+    ("n1/0",        None,    (),     False),   # no slots
+    ("n1/1",        None,    ("n1",), False),  # quarantined or taken out
+])
+def test_which_node_may_run_a_spec(node, executor, unavailable, eligible):
+    assert may_run(_node(node), executor, unavailable) is eligible
+
+
+def test_a_node_disabled_in_the_inventory_may_run_nothing():
+    assert may_run(NodeInfo("n1", 4, enabled=False), None) is False
