@@ -49,6 +49,7 @@ from specfleet.model.states import DEPENDENCY_MERGED, SpecState
 from specfleet.store import base as store_base
 from specfleet.store.core import Store
 from specfleet.store.leases import OCCUPYING
+from specfleet.store.specs import SpecSummary
 
 DEFAULT_TTL = 90.0
 QUARANTINE_BASE = 30.0
@@ -154,19 +155,20 @@ class LeaseBook(RunLifecycle, LeftoverBook):
             self.store.record_inventory(nodes, stamp)
             repository = self.store.project_repository(project)
             if repository is not None:
-                specs = {s.task_id: s for s in self.store.specs(project)}
+                specs = self.store.spec_summaries(project)
                 ready = self._block_doomed(project, specs, done, result)
                 if only is not None:
                     ready = [t for t in ready if t in only]
                 snap = self._snapshot(project, specs, ready, nodes, repository, stamp, limit)
                 plan = schedule(snap)
                 result.waiting.update(plan.waiting)
-                result.granted = [self._write(specs[p.task_id], p, repository, stamp) for p in plan.grants]
+                result.granted = [self._write(project, p, repository, stamp) for p in plan.grants]
             if _dry_run:
                 raise _Rollback(result)
         return result
 
-    def _block_doomed(self, project: str, specs: dict, done: frozenset[SpecState], result: PassResult) -> list[str]:
+    def _block_doomed(self, project: str, specs: dict[str, SpecSummary], done: frozenset[SpecState],
+                      result: PassResult) -> list[str]:
         """Block the queued specs that can never run; return the ready ones in start order."""
         deps = {t: s.depends_on for t, s in specs.items()}
         ready, doomed = ready_and_doomed({t: s.state for t, s in specs.items()}, deps, done)
@@ -176,7 +178,7 @@ class LeaseBook(RunLifecycle, LeftoverBook):
         graph = SpecGraph(deps, {t: s.estimate_s for t, s in specs.items()})
         return ordered(ready, {t: s.priority for t, s in specs.items()}, graph)
 
-    def _snapshot(self, project: str, specs: dict, ready: list[str], nodes: Sequence[NodeInfo], repository: str,
+    def _snapshot(self, project: str, specs: dict[str, SpecSummary], ready: list[str], nodes: Sequence[NodeInfo], repository: str,
                   stamp: float, limit: int | None) -> Snapshot:
         leftovers: dict[str, list[Leftover]] = {}
         for row in self.store.leftovers_of(project):
@@ -188,8 +190,9 @@ class LeaseBook(RunLifecycle, LeftoverBook):
             occupied=self.store.occupied_slots(stamp), locks=self.store.path_locks_in(repository),
             leftovers=leftovers, now=stamp, limit=limit)
 
-    def _write(self, spec, placement: Placement, repository: str, stamp: float) -> Grant:
+    def _write(self, project: str, placement: Placement, repository: str, stamp: float) -> Grant:
         """Write one grant the scheduler decided: a new attempt, or the adoption of a leftover."""
+        spec = self.store.spec(project, placement.task_id)  # its revision and version, read in this transaction
         left = placement.leftover
         if left is None:
             number, attempt_id = self.store.start_attempt(spec, placement.node, placement.slot, self.run_id,

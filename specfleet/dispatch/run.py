@@ -155,7 +155,7 @@ class Dispatcher:
         """
         if not self.pending:
             return
-        rows = {r.task_id: r for r in self.store.specs_named(self.project, sorted(self.pending))}
+        rows = self.store.spec_summaries(self.project, sorted(self.pending))
         # Nodes that bootstrap or the health guardian took out stay out until they pass again.
         taken_out = self.store.taken_out_nodes()
         for task_id in sorted(self.pending):
@@ -175,7 +175,7 @@ class Dispatcher:
         deps = {t: rows[t].depends_on for t in self.pending}
         needed = sorted({d for ds in deps.values() for d in ds} - self.pending - set(self.running) - set(self.landing))
         if needed:
-            stuck = {r.task_id: r.state.value for r in self.store.specs_named(self.project, needed)
+            stuck = {t: r.state.value for t, r in self.store.spec_summaries(self.project, needed).items()
                      if r.state in UNMERGED_WORK and r.state not in self.done_states}
             for task_id in sorted(self.pending):
                 waits = [d for d in deps[task_id] if d in stuck]

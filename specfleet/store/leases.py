@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Collection
+from typing import Any
 
 from specfleet.model.states import SpecState
 from specfleet.store.base import event as _event
+from specfleet.store.specs import SpecRow
 
 OCCUPYING = ("unknown", "running")  # leftover statuses that still use a slot on their node
 
@@ -78,7 +80,7 @@ class LeaseQueries:
 
     # -- granting -----------------------------------------------------------------------------
 
-    def start_attempt(self, spec, node: str, slot: int, run_id: str, repository: str, stamp: float,
+    def start_attempt(self, spec: SpecRow, node: str, slot: int, run_id: str, repository: str, stamp: float,
                       ttl: float) -> tuple[int, int]:
         """A new attempt of ``spec`` (a :class:`~.specs.SpecRow`) on ``node``/``slot``, its lease and locks,
         and the spec ``running``; returns ``(attempt number, attempt id)``."""
@@ -95,7 +97,7 @@ class LeaseQueries:
                              detail={"node": node, "slot": slot, "attempt": number})
         return number, attempt_id
 
-    def adopt_leftover(self, spec, leftover, slot: int, run_id: str, repository: str, stamp: float,
+    def adopt_leftover(self, spec: SpecRow, leftover: Any, slot: int, run_id: str, repository: str, stamp: float,
                        ttl: float) -> tuple[int, int]:
         """Grant ``spec`` its ``leftover`` attempt again (``attempt_id``, ``node``, ``job_run``, ``status``
         attributes), on the leftover's node; returns ``(number, revision)``."""
@@ -204,7 +206,7 @@ class LeaseQueries:
             db.execute("DELETE FROM path_locks WHERE leftover = ?", (attempt_id,))
 
 
-def _take(db: sqlite3.Connection, spec, node: str, slot: int, attempt_id: int, run_id: str, repository: str,
+def _take(db: sqlite3.Connection, spec: SpecRow, node: str, slot: int, attempt_id: int, run_id: str, repository: str,
           stamp: float, ttl: float) -> None:
     """The lease and path locks of one spec (its own older locks, a leftover's, are replaced)."""
     project, task_id = spec.project, spec.task_id
