@@ -141,12 +141,11 @@ def lock_bound(deps: dict, durations: dict, modifies: dict) -> float:
 
 def simulate(root: Path, nodes: list[NodeInfo], durations: dict) -> float:
     """The same Dispatcher with zero overhead: a job ends exactly when its sleep does."""
-    import specfleet.dispatch.leases as leases_module
-    import specfleet.store.core as store_module
+    import specfleet.store.base as store_base
 
     clock = [0.0]
-    saved = (store_module.now, leases_module.now)
-    store_module.now = leases_module.now = lambda: clock[0]
+    saved = store_base.now
+    store_base.now = lambda: clock[0]  # the one clock every store and lease write reads
     try:
         report = validate_project(root / "specs", "bench", None, "glm", display_root="specs")
         assert report.ok, report.summary()
@@ -174,7 +173,7 @@ def simulate(root: Path, nodes: list[NodeInfo], durations: dict) -> float:
                     del ends[task]
                     run.finish(task, Ending.SUCCEEDED)
     finally:
-        store_module.now, leases_module.now = saved
+        store_base.now = saved
 
 
 def _stat(pid: int) -> list[str] | None:

@@ -16,7 +16,7 @@ those, the lowest ``priority`` number, then the most free slots, then the name.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from specfleet.model.graph import SpecGraph
@@ -35,6 +35,11 @@ class NodeInfo:
 
     def runs(self, executor: str | None) -> bool:
         return not self.labels or executor is None or executor in self.labels
+
+    @classmethod
+    def from_row(cls, row: Mapping) -> NodeInfo:
+        """Build from the store's record of the inventory (:meth:`~specfleet.store.core.Store.node_inventory`)."""
+        return cls(row["name"], row["slots"], row["priority"], frozenset(row["labels"]), bool(row["enabled"]))
 
     @classmethod
     def from_vars(cls, name: str, hostvars: Mapping) -> NodeInfo:
@@ -89,13 +94,22 @@ def ordered(ready: Iterable[str], priorities: Mapping[str, int], graph: SpecGrap
     return sorted(ready, key=lambda t: order_key(priorities[t], remaining.get(t, 0), t))
 
 
+def may_run(node: NodeInfo, executor: str | None, unavailable: Collection[str] = ()) -> bool:
+    """Whether ``node`` may take a spec with ``executor`` at all (busy or not): the one home of node eligibility.
+
+    Enabled in the inventory, with slots, not in ``unavailable`` (quarantined, or taken
+    out by bootstrap or the health guardian), and its labels allow the executor.
+    """
+    return node.enabled and node.slots > 0 and node.name not in unavailable and node.runs(executor)
+
+
 def choose_node(nodes: Iterable[NodeInfo], used: Mapping[str, int], executor: str | None,
                 unavailable: Iterable[str] = ()) -> NodeInfo | None:
     """The best node with a free slot for a spec with ``executor`` (see module docstring)."""
     skip = set(unavailable)
     best = None
     for node in nodes:
-        if not node.enabled or node.slots <= 0 or node.name in skip or not node.runs(executor):
+        if not may_run(node, executor, skip):
             continue
         free = node.slots - used.get(node.name, 0)
         if free <= 0:
@@ -104,3 +118,14 @@ def choose_node(nodes: Iterable[NodeInfo], used: Mapping[str, int], executor: st
         if best is None or key < best[0]:
             best = (key, node)
     return best[1] if best else None
+
+
+def why_no_node(nodes: Sequence[NodeInfo], unavailable: Collection[str], executor: str | None) -> str:
+    """Why :func:`choose_node` found no node: every capable node is busy, or out (quarantined, taken out)."""
+    capable = [n for n in nodes if may_run(n, executor)]
+    up = [n for n in capable if n.name not in unavailable]
+    if capable and not up:
+        return (f"every node that runs {executor} is quarantined or taken out ("
+                + ", ".join(n.name for n in capable) + ")")
+    return f"no free slot on a healthy node that runs {executor}" + (
+        f" ({len(up)} busy)" if up else "")

@@ -25,13 +25,12 @@ spec's end with :meth:`Dispatcher.finish`. Everything else is here:
 """
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from specfleet.dispatch.leases import Grant, LeaseBook, Outcome
-from specfleet.dispatch.policy import NodeInfo
+from specfleet.dispatch.policy import NodeInfo, may_run
 from specfleet.model.ending import Ending
 from specfleet.model.states import DEPENDENCY_COMPLETED, DEPENDENCY_MERGED, UNMERGED_WORK, SpecState
 from specfleet.store.core import Store
@@ -122,7 +121,7 @@ class Dispatcher:
             # Skip the grant pass when nothing was written since the last one (every state
             # change, lease, stop request and quarantine writes an event), except for a full
             # pass every ``full_every`` seconds for what time alone changes (expiries).
-            mark = self.store.db.execute("SELECT MAX(id) FROM events").fetchone()[0]
+            mark = self.store.last_event_id()
             if force or mark != self._mark or stamp >= self._full_due:
                 self._mark, self._full_due = mark, stamp + self.full_every
                 self._pass(step)
@@ -156,35 +155,28 @@ class Dispatcher:
         """
         if not self.pending:
             return
-        marks = ",".join("?" * len(self.pending))
-        rows = {r["task_id"]: r for r in self.store.db.execute(
-            f"SELECT task_id, state, reason, executor, depends_on_json FROM specs WHERE project = ? AND task_id IN ({marks})",
-            (self.project, *sorted(self.pending)))}
+        rows = self.store.spec_summaries(self.project, sorted(self.pending))
         # Nodes that bootstrap or the health guardian took out stay out until they pass again.
-        taken_out = {r["name"]: f"{r['disabled_by']}: {r['disabled_reason']}" for r in self.store.db.execute(
-            "SELECT name, disabled_by, disabled_reason FROM nodes WHERE disabled_by IS NOT NULL")}
+        taken_out = self.store.taken_out_nodes()
         for task_id in sorted(self.pending):
             row = rows.get(task_id)
             if row is None:
                 step.dropped[task_id] = "no longer in the state store"
-            elif row["state"] not in (SpecState.QUEUED.value, SpecState.RUNNING.value):
-                step.dropped[task_id] = f"{row['state']}" + (f": {row['reason']}" if row["reason"] else "")
-            elif not any(n.enabled and n.slots > 0 and n.runs(row["executor"]) and n.name not in taken_out
-                         for n in self.nodes):
-                step.dropped[task_id] = (f"cannot run: no enabled node with slots runs executor {row['executor']}"
-                                         if row["executor"] else "cannot run: no enabled node has slots")
+            elif row.state not in (SpecState.QUEUED, SpecState.RUNNING):
+                step.dropped[task_id] = f"{row.state.value}" + (f": {row.reason}" if row.reason else "")
+            elif not any(may_run(n, row.executor, taken_out) for n in self.nodes):
+                step.dropped[task_id] = (f"cannot run: no enabled node with slots runs executor {row.executor}"
+                                         if row.executor else "cannot run: no enabled node has slots")
                 out = [f"{n.name} ({taken_out[n.name]})" for n in self.nodes if n.name in taken_out]
                 if out:
                     step.dropped[task_id] += "; taken out: " + ", ".join(out)
                 self.abandoned.add(task_id)
         self.pending.difference_update(step.dropped)
-        deps = {t: json.loads(rows[t]["depends_on_json"]) for t in self.pending}
+        deps = {t: rows[t].depends_on for t in self.pending}
         needed = sorted({d for ds in deps.values() for d in ds} - self.pending - set(self.running) - set(self.landing))
         if needed:
-            marks = ",".join("?" * len(needed))
-            stuck = {r["task_id"]: r["state"] for r in self.store.db.execute(
-                f"SELECT task_id, state FROM specs WHERE project = ? AND task_id IN ({marks})", (self.project, *needed))
-                if SpecState(r["state"]) in UNMERGED_WORK and SpecState(r["state"]) not in self.done_states}
+            stuck = {t: r.state.value for t, r in self.store.spec_summaries(self.project, needed).items()
+                     if r.state in UNMERGED_WORK and r.state not in self.done_states}
             for task_id in sorted(self.pending):
                 waits = [d for d in deps[task_id] if d in stuck]
                 if waits:
@@ -196,7 +188,7 @@ class Dispatcher:
         while changed:
             changed = False
             for task_id in sorted(self.pending):
-                missing = [d for d in json.loads(rows[task_id]["depends_on_json"]) if d in self.abandoned]
+                missing = [d for d in rows[task_id].depends_on if d in self.abandoned]
                 if missing:
                     step.dropped[task_id] = f"not started: dependency {missing[0]} is not run in this run"
                     self.pending.discard(task_id)

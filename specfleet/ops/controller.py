@@ -134,9 +134,7 @@ def run_report(db: str | None, project: str, run_id: str | None, task_ids: Itera
         attempts = {}
         used: list[dict] = []
         if run_id:
-            for row in store.db.execute("SELECT task_id, COUNT(*) AS n FROM attempts WHERE run_id = ? GROUP BY task_id",
-                                        (run_id,)):
-                attempts[row["task_id"]] = row["n"]
+            attempts = store.attempts_per_spec(run_id)
             used = store.usage_rows(project, run_id=run_id)
     by_state: dict[str, list[str]] = {}
     lines = []
@@ -169,9 +167,7 @@ def request_stop(db: str | None, project: str, mode: str) -> dict[str, Any]:
     with Store(resolve_db(db)) as store:
         book = LeaseBook(store)
         runs = book.request_stop(project, mode)
-        jobs = [dict(r) for r in store.db.execute(
-            "SELECT l.node, l.task_id, l.run_id, a.number AS attempt FROM slot_leases l"
-            " JOIN attempts a ON a.id = l.attempt_id WHERE l.project = ? ORDER BY l.node, l.task_id", (project,))]
+        jobs = store.leased_jobs(project)
     return {"runs": runs, "jobs": jobs}
 
 
@@ -179,6 +175,4 @@ def live_runs(db: str | None, project: str) -> list[dict[str, Any]]:
     """Dispatch runs of ``project`` that have not ended (dead ones are reclaimed first)."""
     with Store(resolve_db(db)) as store:
         LeaseBook(store).expire()
-        return [dict(r) for r in store.db.execute(
-            "SELECT id, owner, stop, heartbeat_at FROM runs WHERE project = ? AND kind = 'dispatch' AND ended_at IS NULL",
-            (project,))]
+        return [{k: r[k] for k in ("id", "owner", "stop", "heartbeat_at")} for r in store.live_dispatch_runs(project)]

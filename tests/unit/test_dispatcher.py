@@ -234,10 +234,8 @@ def test_a_run_never_breaks_slots_locks_or_order_and_always_ends(tmp_path_factor
                                  for t, (d, m, p, r) in specs.items()})
         clock = Clock()
         with pytest.MonkeyPatch.context() as patch:
-            # Leases, heartbeats and quarantines read the store's clock: give it simulated time.
-            patch.setattr("specfleet.store.core.now", clock)
+            # Leases, heartbeats and quarantines read the store's one clock: give it simulated time.
             patch.setattr("specfleet.store.base.now", clock)
-            patch.setattr("specfleet.dispatch.leases.now", clock)
             step = simulate(store, specs, rng, clock)
         assert step.done, "the run did not end"
         assert store.db.execute("SELECT COUNT(*) FROM slot_leases").fetchone()[0] == 0

@@ -238,3 +238,20 @@ def test_a_store_at_version_7_gains_the_node_labels_column(tmp_path):
     with Store(tmp_path / "s.db") as new:
         assert new.schema_version == SCHEMA_VERSION
         assert "labels_json" in {r[1] for r in new.db.execute("PRAGMA table_info(nodes)")}
+
+
+# -- one transaction over several store methods (the lease book's grant pass) ------------
+
+def test_a_transaction_joins_the_one_already_open_and_the_outermost_decides(projects, tmp_path):
+    store = seeded(projects, tmp_path)
+    before = snapshot(store)
+    with pytest.raises(RuntimeError), store.transaction():
+        store.transition("demo", "S01", SpecState.RUNNING)          # opens no second BEGIN
+        store.record_event("note", "demo", "S01")
+        raise RuntimeError("the pass fails after its writes")
+    assert snapshot(store) == before and not store.db.in_transaction  # both writes rolled back together
+    with store.transaction():
+        store.transition("demo", "S01", SpecState.RUNNING)
+        assert store.db.in_transaction                                 # the inner call did not commit
+    assert store.spec("demo", "S01").state is SpecState.RUNNING and not store.db.in_transaction
+    store.close()
