@@ -1,15 +1,27 @@
 # Copyright: specfleet contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""What a pipeline step's result says about its spec, read in one place for the strategy."""
+"""What a pipeline step's result says about its spec: written by the action plugins, read here.
+
+The action plugins say what happened with a few result keys, so the strategy never matches
+on action names: :data:`JOB_STARTED` (the run directory of the job the step started or
+attached to), :data:`JOB_WAITED` (the run directory of the job it waited on),
+:data:`BRANCH_COLLECTED` (the task id whose branch it brought back), and on failure the
+:class:`~specfleet.model.ending.Ending` under ``specfleet.model.ending.RESULT_KEY``
+(``Ending.X.result(...)``). :meth:`StepReport.of` reads all of them.
+
+Before a step runs, the strategy asks :func:`waits_for_job` whether it will wait for a
+started job (so the spec can be parked on a node watcher meanwhile); the action plugin's
+class answers (``waits_for_job(args)``), not its name.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from specfleet.model.ending import Ending
 
-COLLECT_ACTIONS = ("specfleet_attempt", "ansible.legacy.specfleet_attempt")
-START_ACTIONS = COLLECT_ACTIONS + ("specfleet_job", "ansible.legacy.specfleet_job")
-WAIT_ACTIONS = ("specfleet_job", "ansible.legacy.specfleet_job")
+JOB_STARTED = "specfleet_job_started"
+JOB_WAITED = "specfleet_job_waited"
+BRANCH_COLLECTED = "specfleet_branch_collected"
 
 
 def _went_on(data: dict) -> bool:
@@ -25,26 +37,26 @@ class StepReport:
     ending: Ending | None = None    # what the failed step said about the spec's pipeline
 
     @classmethod
-    def of(cls, task, data: dict) -> StepReport:
-        state = task.args.get("state")
-        if task.action in COLLECT_ACTIONS and state == "collected" and _went_on(data):
+    def of(cls, data: dict) -> StepReport:
+        went_on = _went_on(data)
+        if went_on and data.get(BRANCH_COLLECTED):
             return cls(collected=True)
-        waited = task.action in WAIT_ACTIONS and state == "finished"
-        started = (data.get("run_dir") if not waited and task.action in START_ACTIONS and state == "started"
-                   and _went_on(data) else None)
+        started = data.get(JOB_STARTED) if went_on else None
+        waited = bool(data.get(JOB_WAITED))
         if not (data.get("failed") or data.get("unreachable")):
             return cls(started=started, waited=waited)
-        infra = data.get("specfleet_infrastructure") or data.get("timedout")
-        if data.get("specfleet_stalled"):
-            ending = Ending.STALLED
-        elif infra:
-            ending = Ending.JOB_ENDED if data.get("specfleet_job_ended") else Ending.INFRASTRUCTURE
-        else:
-            ending = Ending.FAILED
-        return cls(started=started, waited=waited, ending=ending,
+        return cls(started=started, waited=waited, ending=Ending.of_result(data),
                    failure=str(data.get("msg") or "failed").splitlines()[0][:300])
+
+
+_WAITERS: dict[str, object] = {}  # action name -> its plugin class's waits_for_job, or None
 
 
 def waits_for_job(task) -> bool:
     """The (not yet run) step waits for the spec's started job, so the spec may be parked meanwhile."""
-    return task.action in WAIT_ACTIONS and task.args.get("state") == "finished"
+    if task.action not in _WAITERS:
+        from ansible.plugins.loader import action_loader
+        plugin = action_loader.get(task.action, class_only=True, collection_list=task.collections)
+        _WAITERS[task.action] = getattr(plugin, "waits_for_job", None)
+    asks = _WAITERS[task.action]
+    return bool(asks and asks(task.args))

@@ -338,7 +338,7 @@ class DagStrategyMixin:
             if data is None:
                 continue
             name = result.host.name
-            said = results.StepReport.of(result.task, data)
+            said = results.StepReport.of(data)
             if said.collected:  # the branch is back: free the slot while it lands on the controller
                 task_id = result.host.vars.get("specfleet_task_id") or name
                 if task_id in self._dispatcher.running:

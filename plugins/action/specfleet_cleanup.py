@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ansible_specfleet.action import DB_OPTION, ControllerAction
+from ansible_specfleet.action import ControllerAction
 from specfleet.dispatch import jobs
 from specfleet.model.durations import parse_duration
 from specfleet.ops import cleanup
@@ -21,12 +21,6 @@ from specfleet.store.core import Store, StoreError
 class ActionModule(ControllerAction):
     _requires_connection = True
     ERRORS = (StoreError, jobs.JobError)
-    ARGUMENT_SPEC = {
-        "project": {"type": "str", "required": True},
-        "root": {"type": "str", "required": True},
-        "older_than": {"type": "str", "default": "7d"},
-        **DB_OPTION,
-    }
 
     def act(self, result, args, task_vars, db):
         try:
