@@ -186,14 +186,16 @@ class DagStrategyMixin:
             # Every spec host is finished or dropped by now, so this is non-empty: the
             # free loop sees no work left and ends quietly.
             return self._finished[-1:]
-        in_workers = [host for host in self._running.values() if host.name not in self._watchers.parked]
         # Pause only when every spec handed to the free loop is busy in a step: a spec whose
         # next step is ready (a wait that just returned, say) must not wait for the pause.
-        if not step.start and not changed and all(internals.blocked(self, host.name) for host in in_workers):
+        if not step.start and not changed and all(internals.blocked(self, host.name) for host in self._in_workers()):
             self.idle(IDLE_WAIT)
         # Every running spec may wait in a worker: one worker each (plus one).
         internals.grow_workers(self, len(self._running) + 1)
-        return in_workers
+        return self._in_workers()  # after the pause: it may have released parked specs
+
+    def _in_workers(self) -> list:
+        return [host for host in self._running.values() if host.name not in self._watchers.parked]
 
     def idle(self, timeout: float) -> None:
         """Pause until a worker's result, a watcher's report or ``timeout``."""
