@@ -1,18 +1,35 @@
 # Copyright: specfleet contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The base of specfleet's action plugins that use the state store (validate, feed, report,
-stop, rescue; harvest and cleanup, which also talk to a node).
+"""The base of specfleet's action plugins: options from the module's documentation, then the core.
 
-Kept outside the ``specfleet`` package, which must stay free of Ansible imports. It does
-what every one of them needs: check the arguments against ``ARGUMENT_SPEC``, resolve the
-state database (argument ``db``, then ``specfleet_db``, then the default) and turn one of
-``ERRORS`` (a :class:`~specfleet.store.core.StoreError` by default) into a failed result naming
-the database. Plugins that run commands on a node set ``_requires_connection = True``.
+Kept outside the ``specfleet`` package, which must stay free of Ansible imports.
+
+One source for a module's interface: ``library/<module>.py``'s ``DOCUMENTATION`` (the
+file ``ansible-doc`` reads; nothing ships it to a node). :class:`SpecfleetAction` reads its
+``options`` into an argument spec (``suboptions`` become ``options``; only the keys the
+argument-spec validator knows are kept) and its cross-field rules from the top-level key
+``argument_spec_rules``: a mapping whose keys are named and shaped as ``AnsibleModule``'s
+keyword arguments (``mutually_exclusive``, ``required_together``, ``required_one_of``,
+``required_if``, ``required_by``). One mapping rather than top-level lists, because
+``ansible-doc`` renders an unknown mapping but fails on a top-level list of lists. It validates the task's arguments with them
+(``ActionBase.validate_argument_spec``), so a bad combination fails before anything runs,
+with Ansible's own message, and no action plugin writes an option twice.
+
+:class:`ControllerAction` adds what the plugins that use the state store need: the state
+database (argument ``db``, then ``specfleet_db``, then the default) and one of ``ERRORS``
+(a :class:`~specfleet.store.core.StoreError` by default) turned into a failed result
+naming the database. Plugins that run commands on a node set ``_requires_connection = True``.
 """
 from __future__ import annotations
 
+import ast
+import functools
+import sys
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import yaml
 from ansible.module_utils.parsing.convert_bool import boolean
 from ansible.plugins.action import ActionBase
 from ansible.utils.display import Display
@@ -20,23 +37,92 @@ from ansible.utils.display import Display
 from specfleet.ops import controller
 from specfleet.store.core import StoreError
 
-DB_OPTION = {"db": {"type": "path"}}
+RULES = ("mutually_exclusive", "required_together", "required_one_of", "required_if", "required_by")
+# The keys of a documented option that the argument-spec validator reads; the rest is prose.
+SPEC_KEYS = ("type", "required", "default", "choices", "elements", "aliases", "no_log", "apply_defaults")
 
 
-class ControllerAction(ActionBase):
+def argument_spec(options: dict | None) -> dict[str, dict[str, Any]]:
+    """A module's documented ``options`` as an argument spec (recursively for ``suboptions``)."""
+    spec = {}
+    for name, option in (options or {}).items():
+        entry = {key: option[key] for key in SPEC_KEYS if key in option}
+        if option.get("suboptions"):
+            entry["options"] = argument_spec(option["suboptions"])
+        spec[name] = entry
+    return spec
+
+
+@dataclass(frozen=True)
+class ModuleInterface:
+    """What a module accepts: its argument spec and its cross-field rules (see the module docstring)."""
+
+    argument_spec: dict
+    rules: dict
+
+    @classmethod
+    def from_doc(cls, doc: dict) -> ModuleInterface:
+        rules = doc.get("argument_spec_rules") or {}
+        unknown = sorted(set(rules) - set(RULES))
+        if unknown:
+            raise ValueError(f"argument_spec_rules: unknown rule(s) {', '.join(unknown)}; known: {', '.join(RULES)}")
+        return cls(argument_spec(doc.get("options")), {rule: rules[rule] for rule in RULES if rules.get(rule)})
+
+    @classmethod
+    def of_file(cls, path: str | Path) -> ModuleInterface:
+        return cls.from_doc(documentation(path))
+
+
+def documentation(path: str | Path) -> dict:
+    """The parsed ``DOCUMENTATION`` of a module file, read without running it."""
+    for node in ast.parse(Path(path).read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "DOCUMENTATION" for t in node.targets):
+            return yaml.safe_load(ast.literal_eval(node.value))
+    raise ValueError(f"{path} has no DOCUMENTATION")
+
+
+@functools.cache
+def module_interface(plugin_file: str) -> ModuleInterface:
+    """The interface of the module an action plugin file implements (same name, in ``library/``).
+
+    Found as Ansible finds the module (the configured ``library`` path); failing that, in
+    the repository's ``library/`` beside ``plugins/``.
+    """
+    from ansible.plugins.loader import module_loader
+    name = Path(plugin_file).stem
+    path = module_loader.find_plugin(name)
+    if not path or not str(path).endswith(".py"):
+        path = Path(plugin_file).resolve().parents[2] / "library" / f"{name}.py"
+    return ModuleInterface.of_file(path)
+
+
+class SpecfleetAction(ActionBase):
+    """Validates the task's arguments against the module's documentation, then :meth:`perform`."""
+
     TRANSFERS_FILES = False
     _requires_connection = False
-    ARGUMENT_SPEC: dict[str, dict[str, Any]] = {}
-    ERRORS: tuple[type[Exception], ...] = (StoreError,)
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        cls._VALID_ARGS = frozenset(cls.ARGUMENT_SPEC)
 
     def run(self, tmp=None, task_vars=None):
+        interface = module_interface(sys.modules[type(self).__module__].__file__)
+        # ActionBase.run refuses unknown options by this set; it is the documented options.
+        self._VALID_ARGS = frozenset(interface.argument_spec)
         result = super().run(tmp, task_vars)
-        task_vars = task_vars or {}
-        _spec, args = self.validate_argument_spec(argument_spec=self.ARGUMENT_SPEC)
+        _spec, args = self.validate_argument_spec(argument_spec=interface.argument_spec, **interface.rules)
+        return self.perform(result, args, task_vars or {})
+
+    def perform(self, result: dict, args: dict, task_vars: dict) -> dict:
+        raise NotImplementedError
+
+    def _shell(self, script: str) -> dict:
+        """Run ``script`` on the task's node (plugins with ``_requires_connection``)."""
+        # Ansible may append " && sleep 0" to the command: no trailing newline before it.
+        return self._low_level_execute_command(script.rstrip("\n"), sudoable=False)
+
+
+class ControllerAction(SpecfleetAction):
+    ERRORS: tuple[type[Exception], ...] = (StoreError,)
+
+    def perform(self, result: dict, args: dict, task_vars: dict) -> dict:
         db = str(controller.resolve_db(args.get("db") or task_vars.get("specfleet_db")))
         try:
             return self.act(result, args, task_vars, db)
@@ -45,11 +131,6 @@ class ControllerAction(ActionBase):
 
     def act(self, result: dict, args: dict, task_vars: dict, db: str) -> dict:
         raise NotImplementedError
-
-    def _shell(self, script: str) -> dict:
-        """Run ``script`` on the task's node (plugins with ``_requires_connection``)."""
-        # Ansible may append " && sleep 0" to the command: no trailing newline before it.
-        return self._low_level_execute_command(script.rstrip("\n"), sudoable=False)
 
 
 class LandingAction(ControllerAction):

@@ -161,4 +161,18 @@ artifacts:
   description: The controller folder holding the attempt's status, logs, prompts, patch and bundle.
   type: str
   returned: state=collected
+specfleet_job_started:
+  description: The run directory of the runner this step started or attached to (read by the specfleet_dag strategy).
+  type: str
+  returned: state=started, success
+specfleet_branch_collected:
+  description: The task id whose branch this step brought back (the specfleet_dag strategy then frees the slot).
+  type: str
+  returned: state=collected, success
+specfleet_ending:
+  description:
+    - How the spec's pipeline ended when the failure is not the spec's own (C(infrastructure) while starting,
+      C(job_ended) when the collected attempt failed for infrastructure reasons); see C(specfleet.model.ending.Ending).
+  type: str
+  returned: failure of the node or the machinery
 """

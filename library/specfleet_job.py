@@ -19,7 +19,8 @@ description:
   - C(state=cancelled) marks the job cancelled and signals its process group (TERM, then KILL
     after 30 s).
   - A job whose supervisor died without an exit code (node rebooted) fails with
-    C(specfleet_infrastructure=true), so the spec is queued again without using an attempt.
+    C(specfleet_ending=job_ended) (and C(specfleet_infrastructure=true)), so the spec is queued
+    again without using an attempt.
 options:
   state:
     description: What to do with the job.
@@ -72,11 +73,14 @@ options:
       - With O(state=finished), seconds without a node-side heartbeat (the C(heartbeat) file the agent
         runner rewrites every 10 s) after which a job that is still alive counts as stalled. It is
         woken, sent TERM, then KILL 10 s later, and the result is failed with
-        C(specfleet_infrastructure=true) and C(specfleet_stalled=true), so the spec is queued again
+        C(specfleet_ending=stalled) (and C(specfleet_infrastructure=true)), so the spec is queued again
         without using an attempt.
       - C(0) turns the check off. Jobs without a heartbeat file (plain commands) are never stalled.
     type: int
     default: 0
+argument_spec_rules:
+  required_if:
+    - [state, started, [command]]
 attributes:
   action:
     support: full
@@ -131,4 +135,22 @@ cancelled:
   description: Whether stop.yml cancelled the job.
   type: bool
   returned: state=finished
+specfleet_job_started:
+  description: The run directory of the job this step started or attached to (read by the specfleet_dag strategy).
+  type: str
+  returned: state=started, success
+specfleet_job_waited:
+  description: The run directory of the job this step waited on (read by the specfleet_dag strategy).
+  type: str
+  returned: state=finished
+specfleet_ending:
+  description:
+    - How the spec's pipeline ended when the failure is not the spec's own (C(infrastructure), C(job_ended),
+      C(stalled)); see C(specfleet.model.ending.Ending). The specfleet_dag strategy reads it.
+  type: str
+  returned: failure of the node or the machinery
+specfleet_infrastructure:
+  description: True with every C(specfleet_ending) above; kept for playbooks' C(failed_when).
+  type: bool
+  returned: failure of the node or the machinery
 """

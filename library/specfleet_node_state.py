@@ -43,6 +43,9 @@ options:
   db:
     description: The state database; defaults as for M(specfleet_feed).
     type: path
+argument_spec_rules:
+  required_if:
+    - [state, disabled, [reason]]
 attributes:
   action:
     support: full

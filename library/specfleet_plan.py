@@ -58,6 +58,9 @@ options:
   specs_root:
     description: The folder holding one folder per project; default C(specfleet_specs_root), C($SPECFLEET_SPECS), C(specs/).
     type: path
+argument_spec_rules:
+  mutually_exclusive:
+    - [direction, direction_file]
 attributes:
   action:
     support: full

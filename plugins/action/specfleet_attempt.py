@@ -15,35 +15,16 @@ import json
 import shlex
 
 from ansible.errors import AnsibleError
-from ansible.plugins.action import ActionBase
 
+from ansible_specfleet.action import SpecfleetAction
+from ansible_specfleet.results import BRANCH_COLLECTED, JOB_STARTED
 from specfleet.attempt import lifecycle as attempts
 from specfleet.attempt import workspace
 from specfleet.dispatch import jobs
+from specfleet.model.ending import Ending
 from specfleet.node import DIR as node_dir
 from specfleet.store.core import StoreError
 
-ARGUMENT_SPEC = {
-    "state": {"type": "str", "choices": ["started", "collected"], "required": True},
-    "root": {"type": "str", "required": True},
-    "project": {"type": "str", "required": True},
-    "task_id": {"type": "str", "required": True},
-    "attempt": {"type": "int", "required": True},
-    "run_id": {"type": "str", "required": True},
-    "node": {"type": "str", "required": True},
-    "timeout": {"type": "int", "default": 3600},
-    "db": {"type": "path"},
-    "specs_root": {"type": "path"},
-    "artifacts": {"type": "path"},
-    "executors": {"type": "raw"},
-    "node_environment": {"type": "str", "default": ""},
-    "agent_user": {"type": "str", "default": "specfleet"},
-    "prompt_budget": {"type": "int", "default": 60000},
-    "python": {"type": "str", "default": "python3"},
-    "executor": {"type": "str"},
-    "heartbeat": {"type": "int", "default": 10},
-    "leftover": {"type": "bool", "default": False},
-}
 FINALIZE = '{python} ./runner.py finalize "$PWD" "$rc" >> runner-finalize.log 2>&1; rm -f secrets.json'
 
 
@@ -54,14 +35,12 @@ def _python(value: str) -> str:
     return " ".join(shlex.quote(word) for word in shlex.split(value))
 
 
-class ActionModule(ActionBase):
+class ActionModule(SpecfleetAction):
     TRANSFERS_FILES = True
-    _VALID_ARGS = frozenset(ARGUMENT_SPEC)
+    _requires_connection = True
 
-    def run(self, tmp=None, task_vars=None):
-        result = super().run(tmp, task_vars)
-        self._vars = task_vars or {}
-        _spec, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
+    def perform(self, result, args, task_vars):
+        self._vars = task_vars
         try:
             run = jobs.run_dir(args["root"], args["project"], args["task_id"], args["attempt"], args["run_id"])
         except jobs.JobError as exc:
@@ -77,9 +56,6 @@ class ActionModule(ActionBase):
             return dict(result, failed=True, msg=str(exc))
 
     # -- helpers ----------------------------------------------------------------------
-
-    def _shell(self, script: str) -> dict:
-        return self._low_level_execute_command(script.rstrip("\n"), sudoable=False)
 
     def _lookup(self, name: str):
         value = self._vars.get(name)
@@ -104,11 +80,11 @@ class ActionModule(ActionBase):
         mirror = workspace.mirror_dir(args["root"], args["project"])
         probe = self._shell(workspace.mirror_probe_script(mirror, run))
         if probe["rc"] != 0:
-            return dict(result, failed=True, specfleet_infrastructure=True,
-                        msg=f"could not prepare {mirror} on {args['node']}: {probe['stderr'].strip()[-500:]}")
+            return dict(result, **Ending.INFRASTRUCTURE.result(
+                msg=f"could not prepare {mirror} on {args['node']}: {probe['stderr'].strip()[-500:]}"))
         home, attached, tips = workspace.parse_probe(probe["stdout"])
         if attached:
-            return dict(result, changed=False, attached=True, msg="already started: attached to it")
+            return dict(result, changed=False, attached=True, msg="already started: attached to it", **{JOB_STARTED: run})
         prepared = attempts.prepare(
             db=args["db"], specs_root=args["specs_root"], project=args["project"], task_id=args["task_id"],
             attempt=args["attempt"], run_id=args["run_id"], node=args["node"], root=args["root"], home=home,
@@ -122,7 +98,7 @@ class ActionModule(ActionBase):
                 workspace.send_bundle(prepared.config.repository, prepared.start, tips, mirror_on_node, on_node,
                                       self._shell, self._transfer_file)
             except workspace.GitError as exc:
-                return dict(result, failed=True, specfleet_infrastructure=True, msg=str(exc))
+                return dict(result, **Ending.INFRASTRUCTURE.result(msg=str(exc)))
         core = node_dir
         files = {name: (core / name).read_bytes() for name in attempts.RUNNER_FILES}
         prepared.job["heartbeat_s"] = max(1, args["heartbeat"])
@@ -141,10 +117,11 @@ class ActionModule(ActionBase):
         answer = self._shell(script)
         if answer["rc"] != 0:
             self._shell(f"rm -f {jobs.shell_path(on_node + '/secrets.json')}")
-            return dict(result, failed=True, specfleet_infrastructure=True,
-                        msg=f"could not start the runner in {run}: {(answer['stderr'] or answer['stdout']).strip()}")
+            return dict(result, **Ending.INFRASTRUCTURE.result(
+                msg=f"could not start the runner in {run}: {(answer['stderr'] or answer['stdout']).strip()}"))
         attached = "ATTACHED" in answer["stdout"]
-        return dict(result, changed=not attached, attached=attached, executors=[e["name"] for e in prepared.job["executors"]],
+        return dict(result, changed=not attached, attached=attached, **{JOB_STARTED: run},
+                    executors=[e["name"] for e in prepared.job["executors"]],
                     base=prepared.start.base, base_ref=prepared.start.base_ref, notes=prepared.notes,
                     prompt_left_out=prepared.left_out, workspace=prepared.job["workspace"],
                     msg=f"started with {prepared.job['executors'][0]['name']} on {args['node']}")
@@ -172,11 +149,13 @@ class ActionModule(ActionBase):
         result.update(outcome, changed=outcome["ok"])
         if args["leftover"]:  # collect.yml: a failed attempt is a result here, not a failed task
             return result
-        if not outcome["ok"]:
+        if outcome["ok"]:
+            result[BRANCH_COLLECTED] = args["task_id"]
+        elif outcome.get("infrastructure"):
+            # Requeued without charging an attempt; the job is over (this is its final status).
+            result.update(Ending.JOB_ENDED.result())
+        else:
             result["failed"] = True
-            if outcome.get("infrastructure"):
-                # Requeued without charging an attempt; the job is over (this is its final status).
-                result.update(specfleet_infrastructure=True, specfleet_job_ended=True)
         return result
 
     def _secret_values(self, args: dict) -> list[str]:

@@ -8,10 +8,9 @@ more command deletes what may go.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from ansible_specfleet.action import DB_OPTION, ControllerAction
+from ansible_specfleet.action import ControllerAction
 from specfleet.dispatch import jobs
 from specfleet.model.durations import parse_duration
 from specfleet.ops import cleanup
@@ -21,12 +20,6 @@ from specfleet.store.core import Store, StoreError
 class ActionModule(ControllerAction):
     _requires_connection = True
     ERRORS = (StoreError, jobs.JobError)
-    ARGUMENT_SPEC = {
-        "project": {"type": "str", "required": True},
-        "root": {"type": "str", "required": True},
-        "older_than": {"type": "str", "default": "7d"},
-        **DB_OPTION,
-    }
 
     def act(self, result, args, task_vars, db):
         try:
@@ -55,29 +48,23 @@ class ActionModule(ControllerAction):
 
     def _decide(self, store: Store, args: dict, entries: dict, node_now: float, age: float):
         project = args["project"]
-        row = store.db.execute("SELECT repository, config_json FROM projects WHERE name = ?", (project,)).fetchone()
-        if row is None:
+        facts = store.cleanup_facts(project)
+        if facts is None:
             raise StoreError(f"no project {project!r} in the state store; nothing is deleted for a project it does not know")
-        remote = json.loads(row["config_json"]).get("transport") == "remote"
-        attempts = {(a["task_id"], a["number"]): a for a in store.db.execute(
-            "SELECT * FROM attempts WHERE project = ?", (project,))}
-        held = {r[0] for r in store.db.execute("SELECT attempt_id FROM slot_leases UNION SELECT attempt_id FROM leftovers")}
-        states = {r["task_id"]: r["state"] for r in store.db.execute(
-            "SELECT task_id, state FROM specs WHERE project = ?", (project,))}
 
         def work_elsewhere(attempt) -> bool:
             if attempt["commit_sha"]:
-                return remote or cleanup.committed_here(row["repository"], attempt["commit_sha"])
+                return facts.remote or cleanup.committed_here(facts.repository, attempt["commit_sha"])
             return bool(attempt["artifacts"]) and (Path(attempt["artifacts"]) / "status.json").is_file()
 
         removable, kept = [], {}
         for (task_id, name), entry in sorted(entries.items()):
             parsed = entry.attempt
-            attempt = attempts.get((task_id, parsed[0])) if parsed else None
+            attempt = facts.attempts.get((task_id, parsed[0])) if parsed else None
             if attempt is not None and attempt["run_id"] != parsed[1]:
                 attempt = None  # the same number from another database or run: not ours to judge
-            why = cleanup.decide(entry, node_now, age, attempt, attempt is not None and attempt["id"] in held,
-                                 states.get(task_id), work_elsewhere)
+            why = cleanup.decide(entry, node_now, age, attempt, attempt is not None and attempt["id"] in facts.held,
+                                 facts.states.get(task_id), work_elsewhere)
             if why is None:
                 removable.append(entry)
             else:

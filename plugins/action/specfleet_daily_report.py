@@ -3,18 +3,12 @@
 """Action plugin for ``specfleet_daily_report`` (documentation in ``library/specfleet_daily_report.py``)."""
 from __future__ import annotations
 
-from ansible_specfleet.action import DB_OPTION, ControllerAction
+from ansible_specfleet.action import ControllerAction
 from specfleet.report import daily
 from specfleet.store.core import StoreError
 
 
 class ActionModule(ControllerAction):
-    ARGUMENT_SPEC = {
-        "project": {"type": "str", "required": True},
-        "day": {"type": "str"},
-        "report_dir": {"type": "path"},
-        **DB_OPTION,
-    }
 
     ERRORS = (StoreError,)
 

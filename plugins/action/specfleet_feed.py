@@ -6,19 +6,11 @@ from __future__ import annotations
 import multiprocessing
 import os
 
-from ansible_specfleet.action import DB_OPTION, ControllerAction
+from ansible_specfleet.action import ControllerAction
 from specfleet.ops import controller
 
 
 class ActionModule(ControllerAction):
-    ARGUMENT_SPEC = {
-        "project": {"type": "str", "required": True},
-        "specs_root": {"type": "path"},
-        "executors": {"type": "raw"},
-        "default_executor": {"type": "str"},
-        "open_run": {"type": "bool", "default": True},
-        **DB_OPTION,
-    }
 
     def act(self, result, args, task_vars, db):
         # Ansible's `groups` (group -> hosts), as plain data: a spec id that is a host or group

@@ -9,7 +9,7 @@ is a superseded job that still runs and must be killed first.
 """
 from __future__ import annotations
 
-from ansible_specfleet.action import DB_OPTION, ControllerAction
+from ansible_specfleet.action import ControllerAction
 from specfleet.dispatch import jobs
 from specfleet.dispatch.leases import LeaseBook
 from specfleet.store.core import Store, StoreError
@@ -18,12 +18,6 @@ from specfleet.store.core import Store, StoreError
 class ActionModule(ControllerAction):
     _requires_connection = True
     ERRORS = (StoreError, jobs.JobError)
-    ARGUMENT_SPEC = {
-        "node": {"type": "str", "required": True},
-        "root": {"type": "str", "required": True},
-        "run_id": {"type": "str"},
-        **DB_OPTION,
-    }
 
     def act(self, result, args, task_vars, db):
         with Store(db) as store:

@@ -12,7 +12,7 @@ import time
 
 from ansible.errors import AnsibleConnectionFailure
 
-from ansible_specfleet.action import DB_OPTION, ControllerAction
+from ansible_specfleet.action import ControllerAction
 from specfleet.dispatch import inventory, jobs
 from specfleet.node import DIR as node_dir
 from specfleet.node.runner import runner_version
@@ -23,17 +23,6 @@ from specfleet.store.core import Store, StoreError
 class ActionModule(ControllerAction):
     _requires_connection = True
     ERRORS = (StoreError, jobs.JobError)
-    ARGUMENT_SPEC = {
-        "node": {"type": "str", "required": True},
-        "root": {"type": "str", "required": True},
-        "clis": {"type": "list", "elements": "dict", "default": []},
-        "min_free_gib": {"type": "float", "default": health.DEFAULTS["min_free_gib"]},
-        "max_skew_s": {"type": "float", "default": health.DEFAULTS["max_skew_s"]},
-        "stale_after_h": {"type": "float", "default": health.DEFAULTS["stale_after_h"]},
-        "strict_versions": {"type": "bool", "default": False},
-        "path": {"type": "str", "default": "/usr/local/bin:/usr/bin:/bin"},
-        **DB_OPTION,
-    }
 
     def act(self, result, args, task_vars, db):
         problems = inventory.check_agent_clis(args["clis"], host=args["node"])

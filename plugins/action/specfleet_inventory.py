@@ -4,8 +4,8 @@
 from __future__ import annotations
 
 from ansible.errors import AnsibleError
-from ansible.plugins.action import ActionBase
 
+from ansible_specfleet.action import SpecfleetAction
 from specfleet.dispatch import inventory
 
 # Only these are read (and so templated): a vault variable elsewhere must not need its password here.
@@ -14,16 +14,8 @@ NODE_VARS = ("inventory_file", "ansible_host", "ansible_port", "specfleet_slots"
              "specfleet_work_root", "specfleet_agent_clis")
 
 
-class ActionModule(ActionBase):
-    TRANSFERS_FILES = False
-    _requires_connection = False
-    ARGUMENT_SPEC = {"group": {"type": "str", "default": "specfleet_nodes"}}
-    _VALID_ARGS = frozenset(ARGUMENT_SPEC)
-
-    def run(self, tmp=None, task_vars=None):
-        result = super().run(tmp, task_vars)
-        task_vars = task_vars or {}
-        _spec, args = self.validate_argument_spec(argument_spec=self.ARGUMENT_SPEC)
+class ActionModule(SpecfleetAction):
+    def perform(self, result, args, task_vars):
         group = args["group"]
         names = list(task_vars.get("groups", {}).get(group, []))
         if not names:

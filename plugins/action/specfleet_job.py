@@ -11,33 +11,30 @@ from __future__ import annotations
 import time
 
 from ansible.errors import AnsibleConnectionFailure
-from ansible.plugins.action import ActionBase
 
+from ansible_specfleet.action import SpecfleetAction
+from ansible_specfleet.results import JOB_STARTED, JOB_WAITED
 from specfleet.dispatch import jobs
-
-ARGUMENT_SPEC = {
-    "state": {"type": "str", "choices": ["started", "finished", "cancelled"], "required": True},
-    "root": {"type": "str", "required": True},
-    "project": {"type": "str", "required": True},
-    "task_id": {"type": "str", "required": True},
-    "attempt": {"type": "int", "required": True},
-    "run_id": {"type": "str", "required": True},
-    "command": {"type": "str"},
-    "env": {"type": "dict", "default": {}},
-    "timeout": {"type": "int", "default": 3600},
-    "grace": {"type": "int", "default": 120},
-    "segment": {"type": "int", "default": 300},
-    "stall": {"type": "int", "default": 0},
-}
+from specfleet.model.ending import Ending
 
 
-class ActionModule(ActionBase):
-    TRANSFERS_FILES = False
-    _VALID_ARGS = frozenset(ARGUMENT_SPEC)
+def _machinery_failed(result: dict, ending: Ending, **fields) -> dict:
+    """A failed result that says how the spec's pipeline ended (see ansible_specfleet.results).
 
-    def run(self, tmp=None, task_vars=None):
-        result = super().run(tmp, task_vars)
-        _spec, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
+    ``specfleet_infrastructure`` repeats it for the playbooks' ``failed_when`` of the wait step.
+    """
+    return dict(result, **ending.result(**fields), specfleet_infrastructure=ending.infrastructure)
+
+
+class ActionModule(SpecfleetAction):
+    _requires_connection = True
+
+    @classmethod
+    def waits_for_job(cls, args: dict) -> bool:
+        """This step waits for a started job (the strategy parks the spec on a node watcher meanwhile)."""
+        return args.get("state") == "finished"
+
+    def perform(self, result, args, task_vars):
         try:
             run = jobs.run_dir(args["root"], args["project"], args["task_id"], args["attempt"], args["run_id"])
             workdir = jobs.workspace_dir(args["root"], args["project"], args["task_id"], args["attempt"],
@@ -51,6 +48,7 @@ class ActionModule(ActionBase):
             return self._start(result, args, run, workdir)
         if args["state"] == "cancelled":
             return self._cancel(result, run)
+        result[JOB_WAITED] = run
         return self._wait(result, args, run)
 
     def _cancel(self, result: dict, run: str) -> dict:
@@ -62,12 +60,8 @@ class ActionModule(ActionBase):
                                                               "NOT_STARTED": "marked cancelled before it started"}
                     .get(word, "no job there"))
 
-    def _shell(self, script: str) -> dict:
-        # Ansible may append " && sleep 0" to the command: no trailing newline before it.
-        return self._low_level_execute_command(script.rstrip("\n"), sudoable=False)
-
     def _start(self, result: dict, args: dict, run: str, workdir: str) -> dict:
-        if not args["command"]:
+        if not args["command"]:  # given (required_if in the docs) but empty
             return dict(result, failed=True, msg="state=started needs a command")
         try:
             script = jobs.launch_script(run, workdir, args["command"], {str(k): str(v) for k, v in args["env"].items()},
@@ -76,10 +70,11 @@ class ActionModule(ActionBase):
             return dict(result, failed=True, msg=str(exc))
         answer = self._shell(script)
         if answer["rc"] != 0:
-            return dict(result, failed=True, specfleet_infrastructure=True, rc=answer["rc"],
-                        msg=f"could not start the job in {run}: {answer['stderr'].strip() or answer['stdout'].strip()}")
+            why = answer["stderr"].strip() or answer["stdout"].strip()
+            return _machinery_failed(result, Ending.INFRASTRUCTURE, rc=answer["rc"],
+                                     msg=f"could not start the job in {run}: {why}")
         attached = "ATTACHED" in answer["stdout"]
-        return dict(result, changed=not attached, attached=attached,
+        return dict(result, changed=not attached, attached=attached, **{JOB_STARTED: run},
                     msg=("already running: attached to it" if attached else "started"))
 
     def _wait(self, result: dict, args: dict, run: str) -> dict:
@@ -100,7 +95,7 @@ class ActionModule(ActionBase):
                 time.sleep(min(5.0, 1.0 + (time.monotonic() - outage_since) / 4))
                 continue
             except jobs.JobError as exc:
-                return dict(result, failed=True, specfleet_infrastructure=True, msg=str(exc))
+                return _machinery_failed(result, Ending.INFRASTRUCTURE, msg=str(exc))
             outage_since = None
             if status.status == "stalled":
                 reason = (f"heartbeat stopped: none for {status.heartbeat_age:.0f} s (limit {args['stall']} s);"
@@ -121,14 +116,13 @@ class ActionModule(ActionBase):
         result.update(started_at=status.started_at, ended_at=status.ended_at, rc=status.exit_code,
                       output_tail=status.output_tail, cancelled=status.cancelled, changed=True)
         if status.status == "missing":
-            return dict(result, failed=True, specfleet_infrastructure=True, specfleet_job_ended=True, changed=False,
-                        msg=f"no job in {run}: the node lost it (disk replaced, work root removed?)")
+            return _machinery_failed(result, Ending.JOB_ENDED, changed=False,
+                                     msg=f"no job in {run}: the node lost it (disk replaced, work root removed?)")
         if status.status == "lost":
-            return dict(result, failed=True, specfleet_infrastructure=True, specfleet_job_ended=True,
-                        msg=f"the job in {run} died without an exit code (node rebooted or killed it)")
+            return _machinery_failed(result, Ending.JOB_ENDED,
+                                     msg=f"the job in {run} died without an exit code (node rebooted or killed it)")
         if status.stalled:
-            return dict(result, failed=True, specfleet_infrastructure=True, specfleet_job_ended=True,
-                        specfleet_stalled=True, msg=status.stalled)
+            return _machinery_failed(result, Ending.STALLED, msg=status.stalled)
         if status.cancelled:
             return dict(result, failed=True, msg="cancelled by stop.yml")
         if status.exit_code == jobs.TIMEOUT_EXIT:

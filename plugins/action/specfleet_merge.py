@@ -3,19 +3,12 @@
 """Action plugin for ``specfleet_merge`` (documentation in ``library/specfleet_merge.py``)."""
 from __future__ import annotations
 
-from ansible_specfleet.action import DB_OPTION, LandingAction
+from ansible_specfleet.action import LandingAction
 from specfleet.land import landing
 from specfleet.store.core import Store
 
 
 class ActionModule(LandingAction):
-    ARGUMENT_SPEC = {
-        "project": {"type": "str", "required": True},
-        "task_id": {"type": "str"},
-        "run_id": {"type": "str"},
-        "specs_root": {"type": "path"},
-        **DB_OPTION,
-    }
 
     def act(self, result, args, task_vars, db):
         config = self.project_config(args, task_vars)

@@ -3,21 +3,14 @@
 """Action plugin for ``specfleet_node_state`` (documentation in ``library/specfleet_node_state.py``)."""
 from __future__ import annotations
 
-from ansible_specfleet.action import DB_OPTION, ControllerAction
+from ansible_specfleet.action import ControllerAction
 from specfleet.store.core import Store
 
 
 class ActionModule(ControllerAction):
-    ARGUMENT_SPEC = {
-        "node": {"type": "str", "required": True},
-        "state": {"type": "str", "required": True, "choices": ["enabled", "disabled"]},
-        "by": {"type": "str", "required": True, "choices": ["bootstrap", "health"]},
-        "reason": {"type": "str"},
-        "facts": {"type": "dict"},
-        **DB_OPTION,
-    }
 
     def act(self, result, args, task_vars, db):
+        # Given with state=disabled (required_if in the docs), but it must say something.
         if args["state"] == "disabled" and not (args["reason"] or "").strip():
             return dict(result, failed=True, msg="state=disabled needs a reason (it is shown to whoever looks)")
         with Store(db) as store:

@@ -5,34 +5,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ansible.plugins.action import ActionBase
-
-from ansible_specfleet.action import chat_endpoint
+from ansible_specfleet.action import SpecfleetAction, chat_endpoint
 from specfleet.model.project import PROJECT_NAME
 from specfleet.ops.controller import resolve_specs_root
 from specfleet.plan import chat, planning
 
 
-class ActionModule(ActionBase):
-    TRANSFERS_FILES = False
-    _requires_connection = False
-    ARGUMENT_SPEC = {
-        "project": {"type": "str", "required": True},
-        "direction": {"type": "str"},
-        "direction_file": {"type": "str"},
-        "approve": {"type": "list", "elements": "str"},
-        "into": {"type": "str", "default": "pending", "choices": ["pending", "project"]},
-        "rounds": {"type": "int", "default": 3},
-        "max_specs": {"type": "int", "default": 15},
-        "template": {"type": "path"},
-        "specs_root": {"type": "path"},
-    }
-    _VALID_ARGS = frozenset(ARGUMENT_SPEC)
-
-    def run(self, tmp=None, task_vars=None):
-        result = super().run(tmp, task_vars)
-        task_vars = task_vars or {}
-        _spec, args = self.validate_argument_spec(argument_spec=self.ARGUMENT_SPEC)
+class ActionModule(SpecfleetAction):
+    def perform(self, result, args, task_vars):
         # Plain strings: Ansible's tagged ones cannot be written by yaml.safe_dump into front matter.
         args = {k: (str(v) if isinstance(v, str) else [str(x) for x in v] if isinstance(v, list) else v)
                 for k, v in args.items()}

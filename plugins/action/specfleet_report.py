@@ -3,18 +3,11 @@
 """Action plugin for ``specfleet_report`` (documentation in ``library/specfleet_report.py``)."""
 from __future__ import annotations
 
-from ansible_specfleet.action import DB_OPTION, ControllerAction
+from ansible_specfleet.action import ControllerAction
 from specfleet.ops import controller
 
 
 class ActionModule(ControllerAction):
-    ARGUMENT_SPEC = {
-        "project": {"type": "str", "required": True},
-        "run_id": {"type": "str"},
-        "task_ids": {"type": "list", "elements": "str", "default": []},
-        "done": {"type": "str", "default": "merged", "choices": ["merged", "completed"]},
-        **DB_OPTION,
-    }
 
     def act(self, result, args, task_vars, db):
         report = controller.run_report(db, args["project"], args["run_id"], args["task_ids"], args["done"])

@@ -3,20 +3,12 @@
 """Action plugin for ``specfleet_rescue`` (documentation in ``library/specfleet_rescue.py``)."""
 from __future__ import annotations
 
-from ansible_specfleet.action import DB_OPTION, ControllerAction
+from ansible_specfleet.action import ControllerAction
 from specfleet.ops import controller
 from specfleet.store.core import Store
 
 
 class ActionModule(ControllerAction):
-    ARGUMENT_SPEC = {
-        "project": {"type": "str", "required": True},
-        "tasks": {"type": "list", "elements": "str", "default": []},
-        "specs_root": {"type": "path"},
-        "executors": {"type": "raw"},
-        "default_executor": {"type": "str"},
-        **DB_OPTION,
-    }
 
     def act(self, result, args, task_vars, db):
         # Feed first: the person fixed the spec files, and the fix must be what runs next.

@@ -3,24 +3,17 @@
 """Action plugin for ``specfleet_review`` (documentation in ``library/specfleet_review.py``)."""
 from __future__ import annotations
 
-from ansible_specfleet.action import DB_OPTION, LandingAction
+from ansible_specfleet.action import LandingAction
 from specfleet.land import landing
 from specfleet.store.core import Store
 
 
 class ActionModule(LandingAction):
-    ARGUMENT_SPEC = {
-        "project": {"type": "str", "required": True},
-        "approve": {"type": "list", "elements": "str", "default": []},
-        "reject": {"type": "str"},
-        "reason": {"type": "str", "default": ""},
-        "specs_root": {"type": "path"},
-        **DB_OPTION,
-    }
 
     def act(self, result, args, task_vars, db):
         config = self.project_config(args, task_vars)
         where = self.where(task_vars, config.name)
+        # Not mutually_exclusive in the docs: review.yml always passes approve, empty when not asked.
         if args["approve"] and args["reject"]:
             return dict(result, failed=True, msg="approve or reject, not both in one run")
         with Store(db) as store:

@@ -5,18 +5,11 @@ from __future__ import annotations
 
 import time
 
-from ansible_specfleet.action import DB_OPTION, ControllerAction
+from ansible_specfleet.action import ControllerAction
 from specfleet.ops import controller
 
 
 class ActionModule(ControllerAction):
-    ARGUMENT_SPEC = {
-        "project": {"type": "str", "required": True},
-        "mode": {"type": "str", "choices": ["drain", "cancel"], "default": "drain"},
-        "wait": {"type": "bool", "default": False},
-        "timeout": {"type": "int", "default": 300},
-        **DB_OPTION,
-    }
 
     def act(self, result, args, task_vars, db):
         if args["wait"]:

@@ -12,13 +12,6 @@ from specfleet.ops import controller
 
 
 class ActionModule(ControllerAction):
-    ARGUMENT_SPEC = {
-        "project": {"type": "str", "required": True},
-        "specs_root": {"type": "path"},
-        "executors": {"type": "raw"},
-        "default_executor": {"type": "str"},
-        "check_repository": {"type": "bool", "default": True},
-    }
 
     def act(self, result, args, task_vars, db):
         # Ansible's `groups` (group -> hosts), as plain data: no spec id may be a host or group name.

@@ -3,21 +3,13 @@
 """Action plugin for ``specfleet_verify`` (documentation in ``library/specfleet_verify.py``)."""
 from __future__ import annotations
 
-from ansible_specfleet.action import DB_OPTION, LandingAction, chat_endpoint
+from ansible_specfleet.action import LandingAction, chat_endpoint
 from specfleet.land import landing
 from specfleet.model.states import SpecState
 from specfleet.store.core import Store
 
 
 class ActionModule(LandingAction):
-    ARGUMENT_SPEC = {
-        "project": {"type": "str", "required": True},
-        "tasks": {"type": "list", "elements": "str", "default": []},
-        "run_id": {"type": "str"},
-        "specs_root": {"type": "path"},
-        "preflight": {"type": "bool", "default": False},
-        **DB_OPTION,
-    }
 
     def act(self, result, args, task_vars, db):
         config = self.project_config(args, task_vars)

@@ -18,26 +18,26 @@ spec hosts are not printed; instead:
 
       [12:04:10] done 3/8  running 4  waiting 1  failed 0  slots 4/12  elapsed 2m31s  eta ~4m
 
-The store is read through its own read-only SQLite connection; :class:`Tracker` holds that
-logic without any Ansible dependency (tests/unit/test_progress_line.py).
+What the lines say is decided by :class:`specfleet.report.progress.Tracker` (core, no Ansible:
+tests/unit/test_progress_line.py), which reads the store through its own read-only
+connection; this plugin only renders: Ansible's display and colours, a thread that polls,
+and the terminal's in-place progress line.
 """
 from __future__ import annotations
 
-import json
-import math
 import os
 import sqlite3
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import quote
 
 from ansible import constants as C
 from ansible.plugins.callback.default import CallbackModule as DefaultCallbackModule
 from ansible.utils import color as ansible_color
+
+from specfleet.report import progress
+from specfleet.report.progress import Tracker
 
 DOCUMENTATION = r"""
 name: specfleet_progress
@@ -103,220 +103,8 @@ FEED_ACTIONS = ("specfleet_feed", "ansible.legacy.specfleet_feed")
 STRATEGY = "specfleet_dag"
 POLL_S = 0.25  # how often the store is read for new state changes while the dispatch play runs
 
-# State -> progress column. DONE depends on the run: merged, or completed for plain jobs.
-WAITING = frozenset({"queued"})
-FAILED = frozenset({"failed", "blocked", "cancelled"})
-LABEL_WIDTH = 9
-REASON_CHARS = 100
-
-
-def short(text: object, limit: int = REASON_CHARS) -> str:
-    """The first non-empty line of ``text``, whitespace collapsed, at most ``limit`` characters."""
-    lines = [" ".join(line.split()) for line in str(text or "").splitlines()]
-    first = next((line for line in lines if line), "")
-    return first if len(first) <= limit else first[:limit - 3].rstrip() + "..."
-
-
-def duration(seconds: float) -> str:
-    """``45s``, ``2m31s``, ``1h02m``."""
-    seconds = max(0, int(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-
-
-def estimate(seconds: float) -> str:
-    """An ETA, rounded up: ``~40s``, ``~4m``, ``~1h05m``."""
-    seconds = math.ceil(seconds)
-    if seconds < 60:
-        return f"~{seconds}s"
-    minutes = math.ceil(seconds / 60)
-    if minutes < 60:
-        return f"~{minutes}m"
-    return f"~{minutes // 60}h{minutes % 60:02d}m"
-
-
-@dataclass
-class Change:
-    """One state change of one spec of the run, as the store's ``events`` table has it."""
-
-    event_id: int
-    ts: float
-    task_id: str
-    from_state: str | None
-    to_state: str
-    detail: dict = field(default_factory=dict)
-
-
-@dataclass
-class Counts:
-    done: int
-    running: int
-    waiting: int
-    failed: int
-    total: int
-
-
-class Tracker:
-    """The run's specs as the state store sees them: state changes, counts, slots and ETA.
-
-    ``open`` takes one consistent snapshot (the specs' states and the newest event id); every
-    ``poll`` then returns the ``state`` events written since, in order, and applies each to
-    the snapshot, so the counts after a change are the counts right after that change, not
-    whatever the store holds by the time the line is printed.
-    """
-
-    def __init__(self, db: str | Path, project: str, run_id: str, task_ids, plain: bool = False, clock=time.time):
-        self.db_path = Path(db)
-        self.project = project
-        self.run_id = run_id
-        self.task_ids = list(dict.fromkeys(task_ids))
-        self.plain = plain
-        self.clock = clock
-        self.states: dict[str, str] = {}
-        self.estimates: dict[str, int] = {}
-        self.running_since: dict[str, float] = {}
-        self.cursor = 0
-        self.db: sqlite3.Connection | None = None
-
-    # -- the store ------------------------------------------------------------------------
-
-    def open(self) -> Tracker:
-        uri = f"file:{quote(str(self.db_path.resolve()))}?mode=ro"  # never creates or writes the database
-        self.db = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=5.0, check_same_thread=False)
-        self.db.execute("PRAGMA busy_timeout = 5000")
-        marks = ",".join("?" * len(self.task_ids)) or "NULL"
-        self.db.execute("BEGIN")  # one snapshot (WAL): the states and the cursor agree
-        try:
-            self.cursor = self.db.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0]
-            for task_id, state, estimate_s in self.db.execute(
-                    f"SELECT task_id, state, estimate_s FROM specs WHERE project = ? AND task_id IN ({marks})",
-                    (self.project, *self.task_ids)):
-                self.states[task_id] = state
-                self.estimates[task_id] = estimate_s
-            for task_id, started in self.db.execute(
-                    f"SELECT task_id, MAX(started_at) FROM attempts WHERE project = ? AND ended_at IS NULL"
-                    f" AND task_id IN ({marks}) GROUP BY task_id", (self.project, *self.task_ids)):
-                if self.states.get(task_id) == "running":
-                    self.running_since[task_id] = started
-        finally:
-            self.db.execute("COMMIT")
-        return self
-
-    def close(self) -> None:
-        if self.db is not None:
-            self.db.close()
-            self.db = None
-
-    def poll(self) -> Iterator[Change]:
-        """The run's spec state changes since the last poll, in order; each is applied to the
-        counts just before it is yielded, so counts read then are those right after it."""
-        rows = self.db.execute(
-            "SELECT id, ts, task_id, from_state, to_state, detail_json FROM events"
-            " WHERE id > ? AND project = ? AND kind = 'state' ORDER BY id", (self.cursor, self.project)).fetchall()
-        for event_id, ts, task_id, from_state, to_state, detail in rows:
-            self.cursor = event_id
-            if task_id not in self.states:
-                continue
-            try:
-                parsed = json.loads(detail or "{}")
-            except ValueError:
-                parsed = {}
-            change = Change(event_id, ts, task_id, from_state, to_state, parsed if isinstance(parsed, dict) else {})
-            self.apply(change)
-            yield change
-
-    def apply(self, change: Change) -> None:
-        self.states[change.task_id] = change.to_state
-        if change.to_state == "running":
-            self.running_since[change.task_id] = change.ts
-        else:
-            self.running_since.pop(change.task_id, None)
-
-    def slots(self) -> tuple[int, int, int]:
-        """(leases held fleet-wide, slots of enabled nodes nobody disabled, leases held by this run)."""
-        used = self.db.execute("SELECT count(*) FROM slot_leases").fetchone()[0]
-        total = self.db.execute("SELECT COALESCE(SUM(slots), 0) FROM nodes WHERE enabled = 1"
-                                " AND disabled_by IS NULL").fetchone()[0]
-        mine = self.db.execute("SELECT count(*) FROM slot_leases WHERE run_id = ?", (self.run_id,)).fetchone()[0]
-        return used, total, mine
-
-    # -- what the lines say ---------------------------------------------------------------
-
-    @property
-    def done_states(self) -> frozenset[str]:
-        return frozenset({"completed"}) if self.plain else frozenset({"merged"})
-
-    def counts(self) -> Counts:
-        done = running = waiting = failed = 0
-        for state in self.states.values():
-            if state in self.done_states:
-                done += 1
-            elif state in WAITING:
-                waiting += 1
-            elif state in FAILED:
-                failed += 1
-            else:  # running, and on the way to the merge (completed, verified, in_review, conflict)
-                running += 1
-        return Counts(done, running, waiting, failed, len(self.states))
-
-    def remaining_work(self, now: float) -> float | None:
-        """Seconds of estimated work left (None: nothing waits or runs)."""
-        left = None
-        for task_id, state in self.states.items():
-            if state in WAITING:
-                left = (left or 0) + self.estimates.get(task_id, 0)
-            elif state == "running":
-                since = self.running_since.get(task_id, now)
-                left = (left or 0) + max(self.estimates.get(task_id, 0) - (now - since), 0)
-            elif state not in self.done_states and state not in FAILED:
-                left = left or 0  # landing: no estimate of its own, but the run is not over
-        return left
-
-    def eta(self, now: float, slots_held: int) -> str:
-        left = self.remaining_work(now)
-        if left is None:
-            return "-"
-        if left <= 0:  # running past their estimates, or only landing (verify, merge queue) left
-            return "overdue" if "running" in self.states.values() else "landing"
-        return estimate(left / max(1, slots_held))
-
-    def progress_line(self, elapsed: float, now: float | None = None) -> str:
-        now = self.clock() if now is None else now
-        counts = self.counts()
-        used, total, mine = self.slots()
-        return (f"done {counts.done}/{counts.total}  running {counts.running}  waiting {counts.waiting}"
-                f"  failed {counts.failed}  slots {used}/{total}  elapsed {duration(elapsed)}"
-                f"  eta {self.eta(now, mine)}")
-
-    def change_line(self, change: Change) -> tuple[str, str | None]:
-        """The text (without the time) and Ansible colour of one state change."""
-        width = max((len(t) for t in self.states), default=0)
-        label, rest, colour = self.describe(change)
-        text = f"{change.task_id:<{width}}  {label:<{LABEL_WIDTH}} {rest}".rstrip()
-        return text, colour
-
-    def describe(self, change: Change) -> tuple[str, str, str | None]:
-        detail, to, source = change.detail, change.to_state, change.from_state
-        reason = short(detail.get("reason"))
-        if to == "running":
-            rest = f"{detail.get('node', '?')} slot {detail.get('slot', '?')}  attempt {detail.get('attempt', '?')}"
-            if detail.get("adopted_from"):
-                rest += f"  (adopting job run {detail['adopted_from']})"
-            return "started", rest, None
-        if to == "completed":
-            return ("completed" if self.plain else "collected"), "", C.COLOR_OK
-        if to in ("verified", "merged"):
-            return to, "", C.COLOR_OK
-        if to == "in_review":
-            return "in review", "", C.COLOR_WARN
-        if to == "queued":
-            if source in FAILED:
-                return "queued", reason, C.COLOR_WARN  # rescued by a person
-            return "requeued:", reason, C.COLOR_WARN
-        return f"{to}:", reason, C.COLOR_ERROR  # failed, blocked, cancelled, conflict
+# The tones of specfleet.report.progress's change lines as Ansible colours.
+COLOURS = {progress.OK: C.COLOR_OK, progress.WARN: C.COLOR_WARN, progress.ERROR: C.COLOR_ERROR}
 
 
 class _Counter:
@@ -407,8 +195,8 @@ class Live:
     def _pump(self) -> None:
         try:
             for change in self.tracker.poll():
-                text, colour = self.tracker.change_line(change)
-                self._emit(self._stamp(change.ts, text, brackets=False), colour)
+                text, tone = self.tracker.change_line(change)
+                self._emit(self._stamp(change.ts, text, brackets=False), COLOURS.get(tone))
                 self._progress()
             if self.interval > 0 and self.clock() - self.last_progress >= self.interval:
                 self._progress()

@@ -11,15 +11,16 @@ import pytest
 
 from specfleet.dispatch.leases import LeaseBook
 from specfleet.dispatch.policy import NodeInfo
+from specfleet.report import progress
 from specfleet.store.core import Store
 from tests.conftest import REPO_ROOT, spec_text
 from tests.unit.test_leases import feed
 
 _PATH = REPO_ROOT / "plugins" / "callback" / "specfleet_progress.py"
 _SPEC = importlib.util.spec_from_file_location("specfleet_progress_under_test", _PATH)
-progress = importlib.util.module_from_spec(_SPEC)
-sys.modules[_SPEC.name] = progress
-_SPEC.loader.exec_module(progress)
+callback = importlib.util.module_from_spec(_SPEC)  # the rendering (Live); the tracker is core
+sys.modules[_SPEC.name] = callback
+_SPEC.loader.exec_module(callback)
 
 COLOUR = re.compile(r"\x1b\[[0-9;]*m")  # Ansible's colours, if the tests run on a terminal
 NODES = [NodeInfo("n1", 1), NodeInfo("n2", 2), NodeInfo("n4", 4)]
@@ -190,7 +191,7 @@ def read(capsys) -> list[str]:
 
 
 def live(store, book, capsys, clock, interval=10.0, in_place=False, timestamps=False):
-    return progress.Live(Screen(capsys).display, tracker(store, book), interval, timestamps, in_place, clock=clock)
+    return callback.Live(Screen(capsys).display, tracker(store, book), interval, timestamps, in_place, clock=clock)
 
 
 def test_periodic_progress_lines_come_at_most_every_interval_and_after_each_change(world, capsys):
@@ -241,7 +242,7 @@ def test_timestamps_and_in_place_progress_on_a_terminal(world, capsys):
     finally:
         out.counter.remove()
     text = COLOUR.sub("", capsys.readouterr().out)
-    up = progress.Live.CURSOR_UP_ERASE
+    up = callback.Live.CURSOR_UP_ERASE
     rows = text.splitlines()
     assert [row.startswith(up) for row in rows] == [False, True, False, False, True, False]
     assert rows[2] == "something else"
