@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from specfleet.attempt.workspace import integration_branch, spec_branch
 from specfleet.land import llmreview
@@ -14,13 +16,13 @@ from specfleet.land.reject import reject
 from specfleet.land.repository import LandingError, tip
 from specfleet.land.review import pending_review, promote
 from specfleet.land.verify import verify
-from specfleet.land.where import OnController
+from specfleet.land.where import LandingPlace, OnController, landing_place
 from specfleet.model.project import load_project
 from specfleet.model.states import SpecState
 from specfleet.store.core import Store, now
 from specfleet.validate.checks import validate_project
 from tests.chat_server import completion
-from tests.conftest import git, make_repo, spec_text
+from tests.conftest import REPO_ROOT, git, make_repo, spec_text
 
 CALC = "def add(a, b):\n    return a + b\n"
 TESTS = "from calc import add\n\n\ndef test_add():\n    assert add(2, 3) == 5\n"
@@ -322,3 +324,71 @@ def test_a_required_review_that_is_unavailable_leaves_the_spec_completed(tmp_pat
     with pytest.raises(LandingError, match="required LLM review is unavailable.*HTTP 503"):
         verify(site.store, site.config, "A", endpoint=endpoint(server))
     assert site.state("A") == "completed" and len(server.requests) == 3
+
+
+NODES = ["node-1", "node-2"]
+
+
+@pytest.mark.parametrize("verify_on,unsafe,runs_on,expected", [
+    # nothing set: the controller, sandboxed, silently
+    (None, False, None, LandingPlace(node=None, sandboxed=True)),
+    ("", False, "localhost", LandingPlace(node=None, sandboxed=True)),
+    # the operator's opt-out: the controller unsandboxed (warned about below)
+    (None, True, None, LandingPlace(node=None, sandboxed=False)),
+    # a node of specfleet_nodes the task is delegated to; the opt-out means nothing there
+    ("node-2", False, "node-2", LandingPlace(node="node-2")),
+    ("node-2", True, "node-2", LandingPlace(node="node-2")),
+])
+def test_where_the_projects_commands_run(verify_on, unsafe, runs_on, expected):
+    place = landing_place(verify_on, unsafe, NODES, runs_on)
+    assert place == expected
+    assert (place.warning is not None) == (place.node is None and not place.sandboxed)
+    if place.warning:
+        assert "UNSANDBOXED" in place.warning and "specfleet_unsafe_controller_verify" in place.warning
+
+
+@pytest.mark.parametrize("verify_on,runs_on,message", [
+    ("node-9", "node-9", "specfleet_verify_on: 'node-9' is not a host of the inventory group specfleet_nodes"),
+    ("localhost", "localhost", "'localhost' is not a host of the inventory group specfleet_nodes"),
+    ("node-2", "localhost", "specfleet_verify_on is node-2, but the task runs on localhost: delegate it to the node"),
+    ("node-2", None, "specfleet_verify_on is node-2, but the task runs on its own host: delegate it to the node"),
+])
+def test_a_landing_node_must_be_a_worker_node_the_task_is_delegated_to(verify_on, runs_on, message):
+    with pytest.raises(LandingError, match=re.escape(message)):
+        landing_place(verify_on, False, NODES, runs_on)
+
+
+LANDING_MODULES = {"specfleet_verify", "specfleet_merge", "specfleet_review"}
+
+
+def landing_tasks(play_or_block: dict):
+    """Every task of a play or block (blocks flattened), with the delegate_to it inherits."""
+    for key in ("tasks", "block", "rescue", "always"):
+        for task in play_or_block.get(key) or []:
+            if any(k in task for k in ("block", "rescue", "always")):
+                for inner in landing_tasks(task):
+                    yield {"delegate_to": task.get("delegate_to"), **inner}
+            elif LANDING_MODULES & set(task):
+                yield task
+
+
+@pytest.mark.parametrize("playbook", sorted(p.name for p in (REPO_ROOT / "playbooks").glob("*.yml")))
+def test_playbooks_delegate_landing_to_the_one_landing_host_without_connection_expressions(playbook):
+    plays = yaml.safe_load((REPO_ROOT / "playbooks" / playbook).read_text()) or []
+    for play in plays:
+        tasks = list(landing_tasks(play))
+        assert all(t.get("delegate_to") == "{{ specfleet_landing_host }}" for t in tasks), tasks
+        # A play-level connection would hold for a node the landing tasks are delegated to.
+        assert not tasks or "connection" not in play, play["name"]
+        assert not any("connection" in t for t in play.get("tasks") or []), play["name"]
+
+
+def test_the_shipped_inventories_declare_the_landing_host_and_a_local_controller():
+    for inventory in ("local", "production"):
+        shared = REPO_ROOT / "inventory" / inventory / "group_vars" / "all" / "landing.yml"
+        assert shared.resolve() == (REPO_ROOT / "inventory" / "shared" / "landing.yml").resolve()
+    declared = yaml.safe_load((REPO_ROOT / "inventory" / "shared" / "landing.yml").read_text())
+    assert declared == {"specfleet_landing_host": "{{ specfleet_verify_on | default('localhost') }}"}
+    controllers = [yaml.safe_load((REPO_ROOT / "inventory" / "local" / "controller.yml").read_text()),
+                   yaml.safe_load((REPO_ROOT / "inventory" / "production" / "hosts.yml").read_text())]
+    assert all(c["all"]["hosts"]["localhost"]["ansible_connection"] == "local" for c in controllers)
