@@ -157,26 +157,20 @@ class LandingAction(ControllerAction):
             raise StoreError(f"project {args['project']}: {exc}") from exc
 
     def where(self, task_vars: dict, project: str):
-        """Where the project's commands run: the controller, or the node ``specfleet_verify_on`` names."""
-        from specfleet.land.landing import OnController, OnNode
-        node = task_vars.get("specfleet_verify_on")
-        if not node:
-            unsafe = boolean(self._templar.template(task_vars.get("specfleet_unsafe_controller_verify", False)),
-                             strict=False)
-            if unsafe:
-                Display().warning("specfleet_unsafe_controller_verify is set: code from agents' branches (verify, "
-                                  "tests) runs on this controller UNSANDBOXED, as this user, with its files and "
-                                  "network")
-            return OnController(sandboxed=not unsafe)
-        node = str(self._templar.template(node))
-        nodes = (task_vars.get("groups") or {}).get("specfleet_nodes") or []
-        if node not in nodes:
-            raise StoreError(f"specfleet_verify_on: {node!r} is not a host of the inventory group specfleet_nodes")
-        if self._task.delegate_to != node and str(self._templar.template(self._task.delegate_to or "")) != node:
-            raise StoreError(f"specfleet_verify_on is {node}, but the task runs on "
-                             f"{self._task.delegate_to or 'its own host'}: delegate it to the node")
-        root = task_vars["hostvars"][node].get("specfleet_work_root") or "~/specfleet"
-        return OnNode(node, str(self._templar.template(root)), project, self._shell,
+        """Where the project's commands run: :func:`specfleet.land.where.landing_place` decides."""
+        from specfleet.land.where import OnController, OnNode, landing_place
+        verify_on = task_vars.get("specfleet_verify_on")
+        place = landing_place(
+            str(self._templar.template(verify_on)) if verify_on else None,
+            boolean(self._templar.template(task_vars.get("specfleet_unsafe_controller_verify", False)), strict=False),
+            (task_vars.get("groups") or {}).get("specfleet_nodes") or [],
+            str(self._templar.template(self._task.delegate_to or "")) or None)
+        if place.warning:
+            Display().warning(place.warning)
+        if place.node is None:
+            return OnController(sandboxed=place.sandboxed)
+        root = task_vars["hostvars"][place.node].get("specfleet_work_root") or "~/specfleet"
+        return OnNode(place.node, str(self._templar.template(root)), project, self._shell,
                       lambda local, remote: self._transfer_file(local, remote))
 
 

@@ -3,7 +3,7 @@
 Builds a real git repository with a pytest suite and ``--branches`` verified specs, each
 adding its own module and test on its own branch. ``--bad`` of them also add a test that
 fails once any other branch's module is present (each passes alone, like a real
-integration break). Then runs the merge queue (``specfleet.land.landing``) and reports how many
+integration break). Then runs the merge queue (``specfleet.land.queue``) and reports how many
 times the project's test command ran, against testing each branch by itself (one run per
 branch, which would still miss the integration breaks), and the wall time.
 
@@ -24,7 +24,7 @@ from pathlib import Path
 
 from common import write_result
 
-from specfleet.land import landing
+from specfleet.land.queue import merge_queue
 from specfleet.model.project import load_project
 from specfleet.model.states import SpecState
 from specfleet.store.core import Store, now
@@ -85,7 +85,7 @@ def run(branches: int, bad_count: int, batch: int, seed: int) -> dict:
         os.environ["SPECFLEET_HOME"] = str(Path(tmp) / "home")
         store, config = build(Path(tmp), branches, bad, batch)
         started = time.monotonic()
-        result = landing.merge_queue(store, config)
+        result = merge_queue(store, config)
         seconds = time.monotonic() - started
         found = set(result.broken)
     return {"branches": branches, "bad": sorted(f"B{i:02d}" for i in bad), "found": sorted(found),
