@@ -152,9 +152,13 @@ class Aider(Dialect):
         python = self._python()
         if not python:
             return ["aider"] + args
+        return [python, "-c", self._wrapper(settings, api)] + args
+
+    def _wrapper(self, settings: dict, api: str) -> str:
+        """The Python that runs aider: the key variable, the retry bound, usage and failure reports."""
         key_var = "OPENAI_API_KEY" if api == "openai" else "ANTHROPIC_API_KEY"
         retry_timeout = 0.125 * 2 ** self._retries(settings)
-        code = (
+        return (
             "import os,sys\n"
             f"k={settings.get('key_env') or ''!r}\n"
             f"if k and os.environ.get(k): os.environ[{key_var!r}]=os.environ[k]\n"
@@ -187,7 +191,6 @@ class Aider(Dialect):
             "rc=am.main()\n"
             "sys.exit(rc if rc else (1 if failed else 0))\n"
         )
-        return [python, "-c", code] + args
 
     # -- the result ---------------------------------------------------------------------
 
