@@ -60,6 +60,15 @@ def check_definition(name: str, data: Any) -> dict:
     unknown = sorted(set(map(str, data)) - KNOWN_KEYS)
     if unknown:
         raise _problem(name, unknown[0], "is not an executor setting; known: " + ", ".join(sorted(KNOWN_KEYS)))
+    out = _kind_cli_and_command(name, data)
+    _model_and_endpoint(name, data, out)
+    _retries_args_prices_prompt(name, data, out)
+    _environment_and_patterns(name, data, out)
+    _durations_and_fallback(name, data, out)
+    return out
+
+
+def _kind_cli_and_command(name: str, data: Mapping) -> dict:
     kind = data.get("type", "cli")
     if kind not in KINDS:
         raise _problem(name, "type", f"must be one of {', '.join(KINDS)}, not {kind!r}")
@@ -78,6 +87,11 @@ def check_definition(name: str, data: Any) -> dict:
     elif data.get("command") is not None:
         raise _problem(name, "command", f"is not used with cli: {cli} (its dialect builds the command); extra "
                                         f"arguments go in args")
+    return out
+
+
+def _model_and_endpoint(name: str, data: Mapping, out: dict) -> None:
+    cli = out["cli"]
     for key in ("model", "base_url"):
         value = data.get(key)
         if value is not None and (not isinstance(value, str) or not value.strip() or "\n" in value):
@@ -91,6 +105,9 @@ def check_definition(name: str, data: Any) -> dict:
     if cli != "custom" and api not in CLIS[cli]:
         raise _problem(name, "api", f"must be one of {', '.join(CLIS[cli])} for {cli}, not {api!r}")
     out["api"] = api
+
+
+def _retries_args_prices_prompt(name: str, data: Mapping, out: dict) -> None:
     retries = data.get("max_retries", 2)
     if not isinstance(retries, int) or isinstance(retries, bool) or not 0 <= retries <= 10:
         raise _problem(name, "max_retries", "must be a whole number from 0 to 10")
@@ -108,6 +125,9 @@ def check_definition(name: str, data: Any) -> dict:
     if prompt not in PROMPT_MODES:
         raise _problem(name, "prompt", f"must be one of {', '.join(PROMPT_MODES)}, not {prompt!r}")
     out["prompt"] = prompt
+
+
+def _environment_and_patterns(name: str, data: Mapping, out: dict) -> None:
     for key in ("env", "env_from_vars"):
         value = data.get(key, {}) or {}
         if not isinstance(value, Mapping):
@@ -128,6 +148,9 @@ def check_definition(name: str, data: Any) -> dict:
             raise _problem(name, "rate_limit_patterns",
                            f"has {pattern!r}, which is not a valid regular expression: {exc}") from exc
     out["rate_limit_patterns"] = list(patterns)
+
+
+def _durations_and_fallback(name: str, data: Mapping, out: dict) -> None:
     for key, default in (("backoff", 30), ("timeout", None), ("rate_limit_grace", 45)):
         if data.get(key) is None:
             out[key] = default
@@ -141,7 +164,6 @@ def check_definition(name: str, data: Any) -> dict:
         raise _problem(name, "fallback", "must be the name of another executor")
     out["fallback"] = fallback
     out["recordings"] = data.get("recordings", "specs/{project}/recordings")
-    return out
 
 
 def chain(definitions: Any, name: str) -> list[dict]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import subprocess
 import tempfile
 import uuid
 from collections.abc import Callable
@@ -27,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from specfleet.dispatch.jobs import _project_path, component, shell_path
-from specfleet.model.project import RepositoryError, run_git
+from specfleet.model.project import RepositoryError, git_process, git_succeeds, run_git
 from specfleet.model.settings import specfleet_home
 
 
@@ -55,7 +54,7 @@ def artifacts_dir(project: str, task_id: str, attempt: int, run_id: str, base: s
 
 
 def git(repository: str, *args: str, check: bool = True, timeout: float = 300) -> str:
-    """:func:`project.run_git`, with the command and repository in the error."""
+    """:func:`project.run_git` (the controller's one git runner), with the command and repository in the error."""
     try:
         return run_git(repository, *args, check=check, timeout=timeout)
     except RepositoryError as exc:
@@ -121,8 +120,7 @@ def bundle_for_node(repository: str, start: Start, node_tips: list[str], dest: P
     """
     if set(start.refs.values()) <= set(node_tips):
         return []
-    known = [sha for sha in node_tips if subprocess.run(["git", "-C", repository, "cat-file", "-e", f"{sha}^{{commit}}"],
-                                                        capture_output=True).returncode == 0]
+    known = [sha for sha in node_tips if git_succeeds(repository, "cat-file", "-e", f"{sha}^{{commit}}")]
     # A bundle is made of refs, read when it is written; the merge queue may move the start
     # ref (the integration branch) in the meantime, even to a commit that does not contain
     # the start. A ref of its own, pointing at the start commit, puts that commit in the
@@ -131,8 +129,8 @@ def bundle_for_node(repository: str, start: Start, node_tips: list[str], dest: P
     pin = f"refs/specfleet/start/{start.base}/{uuid.uuid4().hex[:16]}"
     git(repository, "update-ref", pin, start.base)
     try:
-        result = subprocess.run(["git", "-C", repository, "bundle", "create", "-q", str(dest), *start.refs, pin,
-                                 *[f"^{sha}" for sha in known]], capture_output=True, text=True)
+        result = git_process(repository, "bundle", "create", "-q", str(dest), *start.refs, pin,
+                             *[f"^{sha}" for sha in known], timeout=None)
     finally:
         git(repository, "update-ref", "-d", pin)
     if result.returncode != 0:
@@ -164,8 +162,7 @@ def send_bundle(repository: str, start: Start, node_tips: list[str], mirror: str
 
 
 def is_ancestor(repository: str, older: str, newer: str) -> bool:
-    return subprocess.run(["git", "-C", repository, "merge-base", "--is-ancestor", older, newer],
-                          capture_output=True).returncode == 0
+    return git_succeeds(repository, "merge-base", "--is-ancestor", older, newer)
 
 
 def collect_script(run: str, names_pattern: str) -> str:

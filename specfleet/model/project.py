@@ -145,16 +145,31 @@ class RepositoryError(Exception):
     pass
 
 
-def run_git(repository: str, *args: str, check: bool = True, timeout: float = 60) -> str:
-    """``git -C repository args`` (no prompts, C locale); stdout, or :class:`RepositoryError` with git's last word."""
+def git_process(repository: str, *args: str, timeout: float | None = 60) -> subprocess.CompletedProcess:
+    """The controller's one git runner: ``git -C repository args``, no prompts, C locale, output captured.
+
+    Every controller-side git call goes through here (:func:`run_git` for output,
+    :func:`git_succeeds` for a yes/no question, this for a caller that reads git's stderr
+    itself). The node runner has its own: it cannot import the controller.
+    """
     try:
-        result = subprocess.run(["git", "-C", repository, *args], capture_output=True, text=True, timeout=timeout,
-                                check=False, env=dict(os.environ, GIT_TERMINAL_PROMPT="0", LC_ALL="C"))
+        return subprocess.run(["git", "-C", repository, *args], capture_output=True, text=True, timeout=timeout,
+                              check=False, env=dict(os.environ, GIT_TERMINAL_PROMPT="0", LC_ALL="C"))
     except FileNotFoundError as exc:
         raise RepositoryError("git is not installed") from exc
+
+
+def run_git(repository: str, *args: str, check: bool = True, timeout: float = 60) -> str:
+    """``git -C repository args`` (no prompts, C locale); stdout, or :class:`RepositoryError` with git's last word."""
+    result = git_process(repository, *args, timeout=timeout)
     if check and result.returncode != 0:
         raise RepositoryError(result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "git failed")
     return result.stdout
+
+
+def git_succeeds(repository: str, *args: str, timeout: float = 60) -> bool:
+    """Whether ``git -C repository args`` exits 0 (``cat-file -e``, ``merge-base --is-ancestor``)."""
+    return git_process(repository, *args, timeout=timeout).returncode == 0
 
 
 def repository_files(repository: str, branch: str) -> set[str]:

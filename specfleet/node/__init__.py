@@ -1,7 +1,8 @@
 """What ships to worker nodes: the runner of one attempt and the agent CLIs' dialects.
 
 Python standard library only, importing nothing outside this folder: each attempt copies
-``FILES`` (see :mod:`specfleet.node.runner`) into its run directory on the node.
+the files named in ``shipped.txt`` (:data:`specfleet.node.runfiles.FILES`) into its run
+directory on the node, where ``python3 runner.py`` imports them as flat modules.
 """
 from pathlib import Path
 

@@ -462,3 +462,17 @@ def test_a_mirror_without_the_start_commit_is_the_nodes_fault_not_the_specs(tmp_
     status = json.loads((run / "status.json").read_text())
     assert status["state"] == "failed" and status["infrastructure"] is True
     assert "lacks the start commit 0b1f0ac2be81" in status["error"]
+
+
+def test_every_node_module_ships_and_the_shipped_copy_imports_nothing_else(tmp_path):
+    node = RUNNER.parent
+    assert set(runner.FILES) == {p.name for p in node.glob("*.py") if p.name != "__init__.py"} | {"shipped.txt"}
+    for name in runner.FILES:
+        (tmp_path / name).write_bytes((node / name).read_bytes())
+    # Only the shipped files and the standard library: no site-packages, no PYTHONPATH.
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    code = "import runner, attempt, agents; print(sorted(agents.DIALECTS))"
+    done = subprocess.run([sys.executable, "-I", "-S", "-c", f"import sys; sys.path.insert(0, {str(tmp_path)!r}); {code}"],
+                          capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "claude" in done.stdout
