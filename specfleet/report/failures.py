@@ -36,10 +36,7 @@ def failure_figures(store: Store, project: str, started: list[dict], timelines: 
             items.append({"stage": "node", "task_id": row["task_id"], "attempt": row["number"],
                           "category": row["category"], "executor": row["executor_name"],
                           "node": row["node"] or "(no node)", "reason": reason_key(row["reason"])})
-    producers = [dict(r) for r in store.db.execute(
-        "SELECT a.task_id, a.number, a.node, a.ended_at, COALESCE(a.executor, s.executor) AS executor FROM attempts a"
-        " LEFT JOIN specs s ON s.project = a.project AND s.task_id = a.task_id WHERE a.project = ? AND"
-        " a.outcome = 'succeeded' ORDER BY a.ended_at", (project,))]
+    producers = store.succeeded_attempts(project)
     for task_id, line in sorted(timelines.items()):
         previous = None
         for when, to_state, reason in line:

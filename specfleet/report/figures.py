@@ -73,8 +73,7 @@ def figures(store: Store, project: str, day_start: float, day_end: float, *, now
     stamp = time.time() if now is None else float(now)
     if day_end <= day_start:
         raise ReportError("the day ends before it starts")
-    db = store.db
-    if db.execute("SELECT 1 FROM specs WHERE project = ? LIMIT 1", (project,)).fetchone() is None:
+    if not store.has_project(project):
         raise ReportError(f"no project {project!r} in the state store: feed or dispatch it first")
     until = min(day_end, stamp)  # the end of what the report can know about
     clock = Clock(tz)
@@ -125,13 +124,8 @@ def figures(store: Store, project: str, day_start: float, day_end: float, *, now
 
 def _attempts(store: Store, project: str, day_start: float, until: float, stamp: float) -> list[dict]:
     """The attempts that ran during ``[day_start, until)``, each with its category and the part shown on the chart."""
-    db = store.db
-    spec_executor = {r["task_id"]: r["executor"] for r in db.execute("SELECT task_id, executor FROM specs"
-                                                                      " WHERE project = ?", (project,))}
-
-    attempts = [dict(r) for r in db.execute(
-        "SELECT * FROM attempts WHERE project = ? AND started_at < ? AND (ended_at IS NULL OR ended_at >= ?)"
-        " ORDER BY started_at, id", (project, until, day_start))]
+    spec_executor = store.spec_executors(project)
+    attempts = store.attempts_during(project, day_start, until)
     for row in attempts:
         row["executor_name"] = row["executor"] or spec_executor.get(row["task_id"]) or "(not recorded)"
         # An attempt that ended after the reported period was still running at its end.
@@ -146,8 +140,7 @@ def _attempts(store: Store, project: str, day_start: float, until: float, stamp:
 def _timelines(store: Store, project: str) -> dict[str, Timeline]:
     """Every spec's state changes ``(ts, state, reason)`` in order, from the events."""
     lines: dict[str, Timeline] = defaultdict(list)
-    for row in store.db.execute("SELECT ts, task_id, to_state, detail_json FROM events WHERE project = ? AND"
-                                " task_id IS NOT NULL AND to_state IS NOT NULL ORDER BY id", (project,)):
+    for row in store.state_changes(project):
         try:
             reason = json.loads(row["detail_json"]).get("reason")
         except (ValueError, AttributeError):
@@ -190,7 +183,7 @@ def _success(attempted: list[str], states: dict[str, str]) -> dict[str, Any]:
 
 def _merges(store: Store, project: str, day_start: float, day_end: float, until: float, clock: Clock) -> dict:
     today, review = [], []
-    for row in store.db.execute("SELECT * FROM merges WHERE project = ? ORDER BY merged_at, id", (project,)):
+    for row in store.merges_of(project):
         if day_start <= row["merged_at"] < day_end:
             today.append({"task_id": row["task_id"], "merged_at": row["merged_at"],
                           "merged_local": clock.hm(row["merged_at"]),
@@ -212,8 +205,7 @@ def _percentile(values: list[float], share: float) -> float | None:
 
 
 def _cycle(store: Store, project: str, merged: list[dict]) -> dict[str, Any]:
-    firsts = {r["task_id"]: r["first"] for r in store.db.execute(
-        "SELECT task_id, MIN(started_at) AS first FROM attempts WHERE project = ? GROUP BY task_id", (project,))}
+    firsts = store.first_attempt_starts(project)
     samples = [{"task_id": m["task_id"], "seconds": m["merged_at"] - firsts[m["task_id"]]}
                for m in merged if m["task_id"] in firsts and firsts[m["task_id"]] <= m["merged_at"]]
     values = [s["seconds"] for s in samples]

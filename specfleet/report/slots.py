@@ -49,7 +49,7 @@ def nodes_in_service(store: Store, attempts: list[dict], lanes: dict[int, tuple[
     for node, slot in lanes.values():
         used[node] = max(used.get(node, 0), slot + 1)
     nodes = []
-    for row in store.db.execute("SELECT name, slots, enabled, disabled_by, disabled_at FROM nodes ORDER BY name"):
+    for row in store.nodes_in_inventory():
         in_service = row["enabled"] and (row["disabled_by"] is None or (row["disabled_at"] or 0) >= day_start)
         if in_service or row["name"] in used:
             slots = max(int(row["slots"]), used.pop(row["name"], 0))
