@@ -42,7 +42,7 @@ from typing import Any
 
 from specfleet.dispatch.leases import LeaseBook
 from specfleet.dispatch.policy import NodeInfo
-from specfleet.model.durations import format_duration, parse_duration
+from specfleet.model.durations import format_duration, format_elapsed, parse_duration
 from specfleet.model.settings import specfleet_home
 from specfleet.model.states import STATE_ORDER, SpecState
 from specfleet.ops import cleanup, playbook
@@ -140,11 +140,6 @@ def _waiting(store: Store, project: str, nodes: list[NodeInfo]) -> list[dict]:
     return out
 
 
-def _elapsed(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
-
-
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
     cells = [list(map(str, header))] + [[str(c) for c in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
@@ -168,7 +163,7 @@ def render_status(data: dict[str, Any]) -> str:
     if data["running"]:
         lines += _table(["RUNNING", "PROJECT", "NODE", "SLOT", "ATTEMPT", "ELAPSED"],
                         [(r["task_id"], r["project"], r["node"], r["slot"], r["attempt"] or "-",
-                          _elapsed(r["elapsed_s"])) for r in data["running"]]) + [""]
+                          format_elapsed(r["elapsed_s"], minutes_always=True)) for r in data["running"]]) + [""]
     if data["waiting"]:
         lines += _table(["WAITING", "PROJECT", "WHY"],
                         [(w["task_id"], w["project"], w["reason"]) for w in data["waiting"]]) + [""]

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from specfleet.model.durations import format_duration_words as duration
 from specfleet.model.ending import CATEGORY_ORDER
 from specfleet.report import usage as spent
 from specfleet.report.charts import gantt_svg, utilisation_svg
-from specfleet.report.text import duration, pct, usage_rows
 from specfleet.report.text import escape as _e
+from specfleet.report.text import pct, usage_rows
 
 COLOURS = {"succeeded": "#2f9e44", "failed": "#e03131", "infra": "#f08c00", "lost": "#7048e8", "killed": "#868e96",
            "running": "#1c7ed6"}

@@ -9,8 +9,9 @@ from __future__ import annotations
 import html as _html
 from typing import Any
 
+from specfleet.model.durations import format_duration_words as duration
 from specfleet.report import usage as spent
-from specfleet.report.text import attempt_cost, duration, pct, plural, usage_rows
+from specfleet.report.text import attempt_cost, pct, plural, usage_rows
 
 
 def _md(text: Any) -> str:

@@ -24,19 +24,6 @@ def pct(value: float | None) -> str:
     return "n/a" if value is None else f"{value * 100:.1f} %"
 
 
-def duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "n/a"
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds} s"
-    minutes, _ = divmod(seconds, 60)
-    hours, minutes = divmod(minutes, 60)
-    if hours:
-        return f"{hours} h {minutes:02d} min"
-    return f"{minutes} min"
-
-
 def headline(fig: dict) -> dict[str, Any]:
     """The few numbers a playbook prints and returns."""
     success, util, cycle = fig["success"], fig["utilisation"], fig["cycle"]
