@@ -83,9 +83,11 @@ def test_overlap_is_exact_for_files_and_conservative_for_patterns(first, second,
     assert paths_overlap(second, first) is overlap
 
 
-def test_directory_entries_cover_everything_below():
-    assert covers("src/", "src/deep/er/file.py")
-    assert not covers("src/", "srcfile.py")
+@pytest.mark.parametrize(("entry", "path", "covered"), [
+    ("src/", "src/deep/er/file.py", True), ("src/", "srcfile.py", False),
+])
+def test_directory_entries_cover_everything_below(entry, path, covered):
+    assert covers(entry, path) is covered
 
 
 POOL = ["src/app.py", "src/util.py", "src/lib/", "src/lib/core.py", "src/*.py", "docs/*.md", "docs/guide.md",
