@@ -1,6 +1,14 @@
 # Copyright: specfleet contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Durations as users write them (``90s``, ``5m``, ``1h30m``, ``2d``) parsed once, into seconds."""
+"""Durations as users write them (``90s``, ``5m``, ``1h30m``, ``2d``) parsed once, into seconds; and written back.
+
+One home for writing seconds as text, so a spec's ``timeout``, a running attempt's elapsed
+time and a report's cycle time are each written one way wherever they appear:
+
+* :func:`format_duration` (``1h30m``): as a spec would write it, the inverse of :func:`parse_duration`;
+* :func:`format_elapsed` (``2m31s``, ``1h02m``): a clock running, to the second under an hour;
+* :func:`format_duration_words` (``1 h 05 min``): a measured span in a report, ``n/a`` when unknown.
+"""
 from __future__ import annotations
 
 import re
@@ -49,3 +57,31 @@ def format_duration(seconds: int) -> str:
         if count:
             parts.append(f"{count}{unit}")
     return "".join(parts) or "0s"
+
+
+def format_elapsed(seconds: float, *, minutes_always: bool = False) -> str:
+    """``45s``, ``2m31s``, ``1h02m``: time spent so far, to the second under an hour, to the minute above.
+
+    ``minutes_always`` writes minutes under a minute too (``0m45s``), as ``specfleet status``
+    has always shown them.
+    """
+    seconds = max(0, int(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    if seconds < 60 and not minutes_always:
+        return f"{seconds}s"
+    return f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def format_duration_words(seconds: float | None) -> str:
+    """``45 s``, ``12 min``, ``1 h 05 min`` (rounded to the second, then cut to the minute); ``n/a`` for ``None``."""
+    if seconds is None:
+        return "n/a"
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, _ = divmod(seconds, 60)
+    hours, minutes = divmod(minutes, 60)
+    if hours:
+        return f"{hours} h {minutes:02d} min"
+    return f"{minutes} min"

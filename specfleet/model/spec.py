@@ -12,7 +12,7 @@ import difflib
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -179,10 +179,13 @@ def parse_spec(path: str, text: str, project: str, defaults: dict[str, Any] | No
     ``defaults`` are the project's (``project.yml``) values for fields a spec may omit;
     ``executors`` the names the inventory defines (``None``: not checked); ``reserved``
     the lower-cased names an id must not take, with why (default :data:`RESERVED_IDS`).
+
+    Checks run in this order, each only on fields the schema left valid: the schema, the
+    id, the project, ``modifies``, the durations, ``verify``, the executor, ``depends_on``,
+    the sections.
     """
     reserved = RESERVED_IDS if reserved is None else reserved
     defaults = dict(DEFAULTS, **{k: v for k, v in (defaults or {}).items() if v is not None})
-    problems: list[Problem] = []
     try:
         doc = frontmatter.split(text)
     except frontmatter.FrontMatterError as exc:
@@ -192,105 +195,22 @@ def parse_spec(path: str, text: str, project: str, defaults: dict[str, Any] | No
     line_of = doc.key_lines.get
     if "task_id" not in data and stem is not None:
         data["task_id"] = stem
-    schema = load_schema("spec")
-    known = sorted(schema["properties"])
-    for key in [k for k in data if k not in schema["properties"]]:
-        problems.append(_unknown_key_problem(path, key, line_of(str(key)), known))
-        del data[key]
-    problems += schema_problems(schema, data, path, line_of)
+    problems = _task_id_problems(path, "task_id" in doc.data, data, line_of, _schema_problems(path, data, line_of),
+                                 stem, reserved)
     task_id = data.get("task_id")
-    taken: Problem | None = None
-    if isinstance(task_id, str) and not any(p.field == "task_id" for p in problems):
-        wrong = task_id_problem(task_id)
-        if wrong:
-            problems.append(Problem(path, line_of("task_id"), "task_id", wrong, TASK_ID_RULE))
-        elif task_id.lower() in reserved:
-            source = "" if "task_id" in doc.data else " (taken from the file name)"
-            taken = Problem(path, line_of("task_id"), "task_id", f"{task_id!r}{source} {reserved[task_id.lower()]}",
-                            "rename the spec: ids become host names in the dispatch play and branch names")
-
-    if "task_id" not in doc.data and any(p.field == "task_id" for p in problems):
-        problems = [p for p in problems if p.field != "task_id"]
-        problems.append(Problem(path, None, "task_id",
-                                f"is missing and the file name {show(stem)} is not a valid task id",
-                                f"add 'task_id:' with {TASK_ID_RULE}"))
-    if taken:
-        problems.append(taken)
     bad_fields = {p.field for p in problems}
     if "project" in data and "project" not in bad_fields and data["project"] != project:
         problems.append(Problem(path, line_of("project"), "project",
                                 f"is {show(data['project'])} but the spec is in the folder of project {project!r}",
                                 f"write 'project: {project}' or move the file"))
-
-    modifies: list[str] = []
-    if "modifies" not in bad_fields:
-        for raw in data.get("modifies", []):
-            try:
-                normal = normalise_modifies(raw)
-            except ValueError as exc:
-                problems.append(Problem(path, line_of("modifies"), "modifies", f"entry {show(raw)} {exc}"))
-                continue
-            if normal in modifies:
-                problems.append(Problem(path, line_of("modifies"), "modifies",
-                                        f"entry {show(raw)} repeats {show(normal)}", "list each path once"))
-            else:
-                modifies.append(normal)
-
-    durations: dict[str, int] = {}
-    for key in ("estimate", "timeout"):
-        if key in bad_fields:
-            continue
-        source = data.get(key, defaults[key])
-        try:
-            if isinstance(source, str) and len(source) > 32:  # no duration is that long; keep the message short
-                raise ValueError(f"{show(source)} is not a duration; write e.g. 90s, 5m, 1h30m")
-            durations[key] = parse_duration(source)
-        except ValueError as exc:
-            where = line_of(key) if key in data else None
-            owner = "" if key in data else " (the project default in project.yml)"
-            problems.append(Problem(path, where, key, f"{exc}{owner}"))
-    if "estimate" in durations and "timeout" in durations and durations["timeout"] < durations["estimate"]:
-        problems.append(Problem(path, line_of("timeout"), "timeout",
-                                f"{data.get('timeout', defaults['timeout'])} is shorter than the estimate "
-                                f"{data.get('estimate', defaults['estimate'])}",
-                                "a timeout must leave room for the estimated work"))
-
+    modifies = [] if "modifies" in bad_fields else _modifies(path, data, line_of, problems)
+    durations = _durations(path, data, defaults, line_of, bad_fields, problems)
     verify = data.get("verify", defaults.get("verify"))
-    if "verify" not in bad_fields and verify is None:
-        problems.append(Problem(path, None, "verify", "is missing and project.yml sets no default verify",
-                                "add 'verify: <command that proves the acceptance criteria>'"))
-    if isinstance(verify, str) and "\x00" in verify:
-        problems.append(Problem(path, line_of("verify"), "verify", "contains a NUL byte"))
-
     executor = data.get("executor", defaults.get("executor"))
-    if "executor" not in bad_fields:
-        if executor is None:
-            problems.append(Problem(path, None, "executor",
-                                    "is not set here, in project.yml or as specfleet_default_executor",
-                                    "name one of the inventory's executors"))
-        elif executors is not None and executor not in executors:
-            problems.append(Problem(path, line_of("executor"), "executor",
-                                    f"{show(executor)} is not defined in the inventory",
-                                    "defined: " + ", ".join(executors)))
-
-    for dep in data.get("depends_on", []) if "depends_on" not in bad_fields else []:
-        if task_id_problem(dep):
-            problems.append(Problem(path, line_of("depends_on"), "depends_on",
-                                    f"entry {show(dep)} is not a valid task id", TASK_ID_RULE))
-        elif dep == task_id:
-            problems.append(Problem(path, line_of("depends_on"), "depends_on",
-                                    f"dependency cycle: {task_id} -> {task_id}", "a spec cannot depend on itself"))
-
-    sections, _headings, duplicates = parse_sections(doc.body)
-    for key in sorted(set(duplicates) & set(SECTION_ALIASES)):
-        problems.append(Problem(path, None, SECTION_NAMES[key],
-                                "section appears more than once", "merge the two sections"))
-    for key in REQUIRED_SECTIONS:
-        name = SECTION_NAMES[key]
-        if not sections.get(key):
-            state = "is empty" if key in sections else "is missing"
-            problems.append(Problem(path, None, name, f"section {state}",
-                                    f"add a '## {name.split('/')[1]}' (or '## {name.split('/')[0]}') section with content"))
+    _check_verify_and_executor(path, line_of, bad_fields, verify, executor, executors, problems)
+    if "depends_on" not in bad_fields:
+        _check_dependencies(path, data, line_of, task_id, problems)
+    sections = _sections(path, doc.body, problems)
 
     if problems:
         return None, sorted(problems, key=Problem.sort_key)
@@ -313,3 +233,132 @@ def parse_spec(path: str, text: str, project: str, defaults: dict[str, Any] | No
         key_lines=dict(doc.key_lines),
     )
     return spec, []
+
+
+LineOf = Callable[[str], int | None]
+
+
+def _schema_problems(path: str, data: dict[str, Any], line_of: LineOf) -> list[Problem]:
+    """Unknown fields (dropped from ``data``, with the closest known one suggested) and what the schema refuses."""
+    schema = load_schema("spec")
+    known = sorted(schema["properties"])
+    problems = []
+    for key in [k for k in data if k not in schema["properties"]]:
+        problems.append(_unknown_key_problem(path, key, line_of(str(key)), known))
+        del data[key]
+    return problems + schema_problems(schema, data, path, line_of)
+
+
+def _task_id_problems(path: str, written: bool, data: dict[str, Any], line_of: LineOf, problems: list[Problem],
+                      stem: str | None, reserved: Mapping[str, str]) -> list[Problem]:
+    """``problems`` with the id's own: its characters, a reserved name, or a file name that cannot be an id.
+
+    ``written``: the spec writes its id (else it comes from the file name ``stem``). A wrong
+    id taken from the file name is reported once, as a missing id, instead of the schema's
+    complaints about the file name.
+    """
+    task_id = data.get("task_id")
+    taken: Problem | None = None
+    if isinstance(task_id, str) and not any(p.field == "task_id" for p in problems):
+        wrong = task_id_problem(task_id)
+        if wrong:
+            problems.append(Problem(path, line_of("task_id"), "task_id", wrong, TASK_ID_RULE))
+        elif task_id.lower() in reserved:
+            source = "" if written else " (taken from the file name)"
+            taken = Problem(path, line_of("task_id"), "task_id", f"{task_id!r}{source} {reserved[task_id.lower()]}",
+                            "rename the spec: ids become host names in the dispatch play and branch names")
+    if not written and any(p.field == "task_id" for p in problems):
+        problems = [p for p in problems if p.field != "task_id"]
+        problems.append(Problem(path, None, "task_id",
+                                f"is missing and the file name {show(stem)} is not a valid task id",
+                                f"add 'task_id:' with {TASK_ID_RULE}"))
+    if taken:
+        problems.append(taken)
+    return problems
+
+
+def _modifies(path: str, data: dict[str, Any], line_of: LineOf, problems: list[Problem]) -> list[str]:
+    """The ``modifies`` entries normalised once, here; a bad or repeated entry goes to ``problems``."""
+    modifies: list[str] = []
+    for raw in data.get("modifies", []):
+        try:
+            normal = normalise_modifies(raw)
+        except ValueError as exc:
+            problems.append(Problem(path, line_of("modifies"), "modifies", f"entry {show(raw)} {exc}"))
+            continue
+        if normal in modifies:
+            problems.append(Problem(path, line_of("modifies"), "modifies",
+                                    f"entry {show(raw)} repeats {show(normal)}", "list each path once"))
+        else:
+            modifies.append(normal)
+    return modifies
+
+
+def _durations(path: str, data: dict[str, Any], defaults: dict[str, Any], line_of: LineOf, bad_fields: set,
+               problems: list[Problem]) -> dict[str, int]:
+    """``estimate`` and ``timeout`` in seconds (the spec's, else the project's); the timeout must cover the estimate."""
+    durations: dict[str, int] = {}
+    for key in ("estimate", "timeout"):
+        if key in bad_fields:
+            continue
+        source = data.get(key, defaults[key])
+        try:
+            if isinstance(source, str) and len(source) > 32:  # no duration is that long; keep the message short
+                raise ValueError(f"{show(source)} is not a duration; write e.g. 90s, 5m, 1h30m")
+            durations[key] = parse_duration(source)
+        except ValueError as exc:
+            where = line_of(key) if key in data else None
+            owner = "" if key in data else " (the project default in project.yml)"
+            problems.append(Problem(path, where, key, f"{exc}{owner}"))
+    if "estimate" in durations and "timeout" in durations and durations["timeout"] < durations["estimate"]:
+        problems.append(Problem(path, line_of("timeout"), "timeout",
+                                f"{data.get('timeout', defaults['timeout'])} is shorter than the estimate "
+                                f"{data.get('estimate', defaults['estimate'])}",
+                                "a timeout must leave room for the estimated work"))
+    return durations
+
+
+def _check_verify_and_executor(path: str, line_of: LineOf, bad_fields: set, verify: Any, executor: Any,
+                               executors: list[str] | None, problems: list[Problem]) -> None:
+    """A ``verify`` command and an executor the inventory defines, from the spec or its defaults."""
+    if "verify" not in bad_fields and verify is None:
+        problems.append(Problem(path, None, "verify", "is missing and project.yml sets no default verify",
+                                "add 'verify: <command that proves the acceptance criteria>'"))
+    if isinstance(verify, str) and "\x00" in verify:
+        problems.append(Problem(path, line_of("verify"), "verify", "contains a NUL byte"))
+    if "executor" not in bad_fields:
+        if executor is None:
+            problems.append(Problem(path, None, "executor",
+                                    "is not set here, in project.yml or as specfleet_default_executor",
+                                    "name one of the inventory's executors"))
+        elif executors is not None and executor not in executors:
+            problems.append(Problem(path, line_of("executor"), "executor",
+                                    f"{show(executor)} is not defined in the inventory",
+                                    "defined: " + ", ".join(executors)))
+
+
+def _check_dependencies(path: str, data: dict[str, Any], line_of: LineOf, task_id: Any,
+                        problems: list[Problem]) -> None:
+    """Each dependency is a valid id and not the spec itself (cycles across files are the validator's)."""
+    for dep in data.get("depends_on", []):
+        if task_id_problem(dep):
+            problems.append(Problem(path, line_of("depends_on"), "depends_on",
+                                    f"entry {show(dep)} is not a valid task id", TASK_ID_RULE))
+        elif dep == task_id:
+            problems.append(Problem(path, line_of("depends_on"), "depends_on",
+                                    f"dependency cycle: {task_id} -> {task_id}", "a spec cannot depend on itself"))
+
+
+def _sections(path: str, body: str, problems: list[Problem]) -> dict[str, str]:
+    """The body's sections; a repeated one, or a required one missing or empty, goes to ``problems``."""
+    sections, _headings, duplicates = parse_sections(body)
+    for key in sorted(set(duplicates) & set(SECTION_ALIASES)):
+        problems.append(Problem(path, None, SECTION_NAMES[key],
+                                "section appears more than once", "merge the two sections"))
+    for key in REQUIRED_SECTIONS:
+        name = SECTION_NAMES[key]
+        if not sections.get(key):
+            state = "is empty" if key in sections else "is missing"
+            problems.append(Problem(path, None, name, f"section {state}",
+                                    f"add a '## {name.split('/')[1]}' (or '## {name.split('/')[0]}') section with content"))
+    return sections

@@ -42,7 +42,7 @@ from typing import Any
 
 from specfleet.dispatch.leases import LeaseBook
 from specfleet.dispatch.policy import NodeInfo
-from specfleet.model.durations import format_duration, parse_duration
+from specfleet.model.durations import format_duration, format_elapsed, parse_duration
 from specfleet.model.settings import specfleet_home
 from specfleet.model.states import STATE_ORDER, SpecState
 from specfleet.ops import cleanup, playbook
@@ -71,38 +71,18 @@ def status(db_path: str, project: str | None = None) -> dict[str, Any]:
     if not Path(db_path).exists():
         return {"db": db_path, "nodes": [], "projects": {}, "running": [], "waiting": [], "failed": [], "usage": {}}
     with Store(db_path) as store:
-        db = store.db
         stamp = time.time()
-        used = {r["node"]: r["n"] for r in db.execute("SELECT node, count(*) AS n FROM slot_leases GROUP BY node")}
-        nodes = []
-        for row in db.execute("SELECT * FROM nodes ORDER BY priority, name"):
-            out = row["disabled_by"] is not None
-            quarantined = row["health"] == "quarantined" and (row["quarantined_until"] or 0) > stamp
-            # A quarantine that has run out is over, but nothing has probed the node since.
-            health = ("out" if out else "quarantined" if quarantined else "disabled" if not row["enabled"]
-                      else "unknown" if row["health"] == "quarantined" else row["health"])
-            nodes.append({"name": row["name"], "slots": row["slots"], "in_use": used.get(row["name"], 0),
-                          "health": health, "reason": (row["disabled_reason"] if out else row["health_reason"]
-                                                       if quarantined else None)})
-        where, params = ("WHERE project = ?", (project,)) if project else ("", ())
-        counts: dict[str, dict[str, int]] = {}
-        for row in db.execute(f"SELECT project, state, count(*) AS n FROM specs {where} GROUP BY project, state",
-                              params):
-            counts.setdefault(row["project"], {})[row["state"]] = row["n"]
+        nodes = _node_health(store, stamp)
+        counts = store.state_counts(project)
         running = [{"project": r["project"], "task_id": r["task_id"], "node": r["node"], "slot": r["slot"],
                     "attempt": r["number"], "elapsed_s": round(stamp - r["acquired_at"], 1)}
-                   for r in db.execute(
-                       "SELECT l.project, l.task_id, l.node, l.slot, l.acquired_at, a.number FROM slot_leases l "
-                       "LEFT JOIN attempts a ON a.id = l.attempt_id"
-                       + (" WHERE l.project = ?" if project else "") + " ORDER BY l.acquired_at", params)]
+                   for r in store.running_leases(project)]
         failed = [{"project": r["project"], "task_id": r["task_id"], "state": r["state"], "reason": r["reason"] or ""}
-                  for r in db.execute("SELECT project, task_id, state, reason FROM specs WHERE state IN (?, ?)"
-                                      + (" AND project = ?" if project else "") + " ORDER BY project, task_id",
-                                      (SpecState.FAILED.value, SpecState.BLOCKED.value, *params))]
+                  for r in store.specs_in_states((SpecState.FAILED.value, SpecState.BLOCKED.value), project)]
         waiting = []
         infos = [NodeInfo(n["name"], n["slots"], n["priority"], frozenset(json.loads(n["labels_json"] or "[]")),
                           bool(n["enabled"]))
-                 for n in db.execute("SELECT name, slots, priority, labels_json, enabled FROM nodes")]
+                 for n in store.fleet_rows()]
         for name in sorted(counts):
             waiting += _waiting(store, name, infos)
         rows = store.usage_rows(project)
@@ -117,10 +97,25 @@ def status(db_path: str, project: str | None = None) -> dict[str, Any]:
             "failed": failed, "usage": usage}
 
 
+def _node_health(store: Store, stamp: float) -> list[dict[str, Any]]:
+    """Each node with its slots in use and its health now: out, quarantined, disabled, or what its probe said."""
+    used = store.leases_per_node()
+    nodes = []
+    for row in store.nodes_by_priority():
+        out = row["disabled_by"] is not None
+        quarantined = row["health"] == "quarantined" and (row["quarantined_until"] or 0) > stamp
+        # A quarantine that has run out is over, but nothing has probed the node since.
+        health = ("out" if out else "quarantined" if quarantined else "disabled" if not row["enabled"]
+                  else "unknown" if row["health"] == "quarantined" else row["health"])
+        nodes.append({"name": row["name"], "slots": row["slots"], "in_use": used.get(row["name"], 0),
+                      "health": health, "reason": (row["disabled_reason"] if out else row["health_reason"]
+                                                   if quarantined else None)})
+    return nodes
+
+
 def _waiting(store: Store, project: str, nodes: list[NodeInfo]) -> list[dict]:
     """Why each queued spec of ``project`` waits, from a scheduling pass that is rolled back."""
-    rows = {r["task_id"]: r for r in store.db.execute(
-        "SELECT task_id, state, depends_on_json, priority FROM specs WHERE project = ?", (project,))}
+    rows = store.queue_rows(project)
     queued = sorted((t for t, r in rows.items() if r["state"] == SpecState.QUEUED.value),
                     key=lambda t: (rows[t]["priority"], t))
     if not queued:
@@ -143,11 +138,6 @@ def _waiting(store: Store, project: str, nodes: list[NodeInfo]) -> list[dict]:
             reason = preview.blocked.get(task_id, "ready")
         out.append({"project": project, "task_id": task_id, "reason": reason})
     return out
-
-
-def _elapsed(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
@@ -173,7 +163,7 @@ def render_status(data: dict[str, Any]) -> str:
     if data["running"]:
         lines += _table(["RUNNING", "PROJECT", "NODE", "SLOT", "ATTEMPT", "ELAPSED"],
                         [(r["task_id"], r["project"], r["node"], r["slot"], r["attempt"] or "-",
-                          _elapsed(r["elapsed_s"])) for r in data["running"]]) + [""]
+                          format_elapsed(r["elapsed_s"], minutes_always=True)) for r in data["running"]]) + [""]
     if data["waiting"]:
         lines += _table(["WAITING", "PROJECT", "WHY"],
                         [(w["task_id"], w["project"], w["reason"]) for w in data["waiting"]]) + [""]

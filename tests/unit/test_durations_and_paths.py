@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from specfleet.model.durations import format_duration, parse_duration
+from specfleet.model.durations import format_duration, format_duration_words, format_elapsed, parse_duration
 from specfleet.node.paths import LockIndex, covers, glob_regex, normalise_modifies, paths_overlap
 
 
@@ -22,9 +22,31 @@ def test_bad_durations_are_refused_with_an_example(text):
         parse_duration(text)
 
 
-def test_format_duration_is_the_inverse():
-    for seconds in (1, 59, 60, 3599, 3600, 5400, 90061):
-        assert parse_duration(format_duration(seconds)) == seconds
+@pytest.mark.parametrize("seconds", [1, 59, 60, 3599, 3600, 5400, 90061])
+def test_format_duration_is_the_inverse(seconds):
+    assert parse_duration(format_duration(seconds)) == seconds
+
+
+# seconds -> a clock running (progress line), the same in status's column, a span in a report
+WRITTEN = [
+    (None, None, None, "n/a"),
+    (0, "0s", "0m00s", "0 s"),
+    (45, "45s", "0m45s", "45 s"),
+    (59.6, "59s", "0m59s", "1 min"),
+    (151, "2m31s", "2m31s", "2 min"),
+    (3599, "59m59s", "59m59s", "59 min"),
+    (3600, "1h00m", "1h00m", "1 h 00 min"),
+    (3900, "1h05m", "1h05m", "1 h 05 min"),
+    (90061, "25h01m", "25h01m", "25 h 01 min"),
+]
+
+
+@pytest.mark.parametrize(("seconds", "elapsed", "status_column", "words"), WRITTEN)
+def test_seconds_are_written_one_way_per_use(seconds, elapsed, status_column, words):
+    assert format_duration_words(seconds) == words
+    if seconds is not None:
+        assert format_elapsed(seconds) == elapsed
+        assert format_elapsed(seconds, minutes_always=True) == status_column
 
 
 @pytest.mark.parametrize(("raw", "normal"), [
@@ -61,9 +83,11 @@ def test_overlap_is_exact_for_files_and_conservative_for_patterns(first, second,
     assert paths_overlap(second, first) is overlap
 
 
-def test_directory_entries_cover_everything_below():
-    assert covers("src/", "src/deep/er/file.py")
-    assert not covers("src/", "srcfile.py")
+@pytest.mark.parametrize(("entry", "path", "covered"), [
+    ("src/", "src/deep/er/file.py", True), ("src/", "srcfile.py", False),
+])
+def test_directory_entries_cover_everything_below(entry, path, covered):
+    assert covers(entry, path) is covered
 
 
 POOL = ["src/app.py", "src/util.py", "src/lib/", "src/lib/core.py", "src/*.py", "docs/*.md", "docs/guide.md",

@@ -157,10 +157,14 @@ def test_missing_task_id_with_unusable_file_name_says_both():
     assert "file name 'my spec'" in problems[0].message
 
 
-def test_content_hash_ignores_trailing_whitespace_but_not_content():
-    assert content_hash({"a": 1}, "x\ny\n") == content_hash({"a": 1}, "x  \ny\n\n\n")
-    assert content_hash({"a": 1}, "x\ny") != content_hash({"a": 2}, "x\ny")
-    assert content_hash({"a": 1}, "x\ny") != content_hash({"a": 1}, "x\nz")
+# (front matter, body) twice -> whether they hash the same
+@pytest.mark.parametrize(("first", "second", "same"), [
+    (({"a": 1}, "x\ny\n"), ({"a": 1}, "x  \ny\n\n\n"), True),   # trailing whitespace and lines
+    (({"a": 1}, "x\ny"), ({"a": 2}, "x\ny"), False),               # front matter
+    (({"a": 1}, "x\ny"), ({"a": 1}, "x\nz"), False),               # body
+])
+def test_content_hash_ignores_trailing_whitespace_but_not_content(first, second, same):
+    assert (content_hash(*first) == content_hash(*second)) is same
 
 
 def test_parse_sections_reports_duplicates():

@@ -33,24 +33,35 @@ def test_a_valid_project_reports_every_spec_and_skips_non_specs(projects):
     assert set(report.ignored) == {"specs/demo/SHARED_CONTEXT.md", "specs/demo/notes.md", "specs/demo/_draft.md"}
 
 
-def test_problems_across_files_are_all_reported_and_valid_siblings_stay_valid(projects):
-    projects.project(**{
-        "S01.md": spec_text("S01"),
-        "S02.md": spec_text("S02", depends_on=["S09"]),
-        "S03.md": spec_text("S03", executor="gpt-9"),
-        "S04.md": spec_text("S01"),  # duplicate id
-        "S05.md": "---\ntask_id: [\n---\n",
-        "S06-forgot.md": "## Goal\nno front matter\n",
-    })
+# One project holding every broken file at once: each problem is reported, none hides another.
+ACROSS_FILES = {
+    "S01.md": spec_text("S01"),
+    "S02.md": spec_text("S02", depends_on=["S09"]),
+    "S03.md": spec_text("S03", executor="gpt-9"),
+    "S04.md": spec_text("S01"),  # duplicate id
+    "S05.md": "---\ntask_id: [\n---\n",
+    "S06-forgot.md": "## Goal\nno front matter\n",
+}
+
+
+@pytest.mark.parametrize("problem", [
+    "specs/demo/S02.md: field 'depends_on': 'S09' is not a spec of project demo",
+    "specs/demo/S03.md:4: field 'executor': 'gpt-9' is not defined in the inventory (defined: codex, glm)",
+    "specs/demo/S04.md: field 'task_id': 'S01' is the same id as in specs/demo/S01.md",
+    "specs/demo/S01.md: field 'task_id': 'S01' is also used by specs/demo/S04.md",
+    "specs/demo/S05.md:3: field 'task_id': YAML error",
+    "specs/demo/S06-forgot.md:1: looks like a spec but has no YAML front matter",
+])
+def test_problems_across_files_are_all_reported(projects, problem):
+    projects.project(**ACROSS_FILES)
     report = validate(projects)
     assert not report.ok
-    found = "\n".join(texts(report))
-    assert "specs/demo/S02.md: field 'depends_on': 'S09' is not a spec of project demo" in found
-    assert "specs/demo/S03.md:4: field 'executor': 'gpt-9' is not defined in the inventory (defined: codex, glm)" in found
-    assert "specs/demo/S04.md: field 'task_id': 'S01' is the same id as in specs/demo/S01.md" in found
-    assert "specs/demo/S01.md: field 'task_id': 'S01' is also used by specs/demo/S04.md" in found
-    assert "specs/demo/S05.md:3: field 'task_id': YAML error" in found
-    assert "specs/demo/S06-forgot.md:1: looks like a spec but has no YAML front matter" in found
+    assert problem in "\n".join(texts(report))
+
+
+def test_no_file_of_a_broken_project_is_valid_and_nothing_is_queued(projects):
+    projects.project(**ACROSS_FILES)
+    report = validate(projects)
     # S02 and S03 are broken, S01 and S04 share an id: nothing of these is "valid".
     assert report.valid_ids == []
     assert "nothing was queued" in report.summary()
@@ -86,22 +97,25 @@ def test_cycles_are_printed_as_paths_on_every_member(projects):
     assert not any(t.startswith("specs/demo/S06.md") for t in cyc)
 
 
-def test_modifies_must_exist_on_the_base_branch_or_be_creatable(projects):
-    projects.project(**{
-        "S01.md": spec_text("S01", modifies=["src/new_module.py", "tests/", "tests/fixtures/", "src/**/*.py"]),
-        "S02.md": spec_text("S02", modifies=["nowhere/deep/file.py"]),
-        "S03.md": spec_text("S03", modifies=["src"]),
-        "S04.md": spec_text("S04", modifies=["src/app.py/"]),
-        "S05.md": spec_text("S05", modifies=["lib/", "lib/new.py"]),
-        "S06.md": spec_text("S06", modifies=["vendor/*/x.py"]),
-    })
+# modifies -> the problem it gives (every fragment in one problem of the spec), or None: valid.
+MODIFIES = [
+    (["src/new_module.py", "tests/", "tests/fixtures/", "src/**/*.py"], None),
+    (["nowhere/deep/file.py"], ["specs/demo/S01.md: field 'modifies': 'nowhere/deep/file.py' points nowhere"]),
+    (["src"], ["specs/demo/S01.md: field 'modifies': 'src' is a directory", "'src/'"]),
+    (["src/app.py/"], ["specs/demo/S01.md: field 'modifies': 'src/app.py/' is a file"]),
+    (["lib/", "lib/new.py"], None),  # a declared new directory
+    (["vendor/*/x.py"], ["specs/demo/S01.md", "does not exist"]),
+]
+
+
+@pytest.mark.parametrize(("modifies", "problem"), MODIFIES)
+def test_modifies_must_exist_on_the_base_branch_or_be_creatable(projects, modifies, problem):
+    projects.project(**{"S01.md": spec_text("S01", modifies=modifies)})
     found = texts(validate(projects))
-    assert not any(t.startswith("specs/demo/S01.md") for t in found), found
-    assert any("specs/demo/S02.md: field 'modifies': 'nowhere/deep/file.py' points nowhere" in t for t in found)
-    assert any("specs/demo/S03.md: field 'modifies': 'src' is a directory" in t and "'src/'" in t for t in found)
-    assert any("specs/demo/S04.md: field 'modifies': 'src/app.py/' is a file" in t for t in found)
-    assert not any(t.startswith("specs/demo/S05.md") for t in found), found  # declared new directory
-    assert any(t.startswith("specs/demo/S06.md") and "does not exist" in t for t in found)
+    if problem is None:
+        assert not any(t.startswith("specs/demo/S01.md") for t in found), found
+    else:
+        assert any(t.startswith("specs/demo/S01.md") and all(f in t for f in problem) for t in found), found
 
 
 def test_uncommitted_files_do_not_count_as_existing(projects):
@@ -114,14 +128,27 @@ def test_uncommitted_files_do_not_count_as_existing(projects):
     assert len(found) == 1 and "'scratch/x.py' points nowhere" in found[0]
 
 
-def test_repository_problems_name_project_yml(projects):
-    projects.project(config=f"repository: {projects.root / 'missing'}\nverify: x\n", **{"S01.md": spec_text("S01")})
-    assert any(t.startswith("specs/demo/project.yml: field 'repository':") for t in texts(validate(projects)))
-    projects.project(config=f"repository: {projects.repo}\nbase_branch: trunk\nverify: x\n")
-    assert any("branch 'trunk' does not exist" in t for t in texts(validate(projects)))
-    plain = projects.repo / "src"  # inside a repository but not its top
-    projects.project(config=f"repository: {plain}\nverify: x\n")
-    assert any("is not the top of a git repository" in t for t in texts(validate(projects)))
+# project.yml ({repo}: the test repository, {root}: the test folder) -> fragments of one problem it gives.
+PROJECT_YML = [
+    ("repository: {root}/missing\nverify: x\n", ["specs/demo/project.yml: field 'repository':"]),
+    ("repository: {repo}\nbase_branch: trunk\nverify: x\n", ["branch 'trunk' does not exist"]),
+    ("repository: {repo}/src\nverify: x\n", ["is not the top of a git repository"]),  # inside a repository
+    ("repository: https://git.example.invalid/demo.git\nverify: x\n", ["field 'transport'", "needs a local repository"]),
+    ("repository: r\nverify: x\ntest_paths: [../outside/]\nverify_timeout: soon\n", ["field 'test_paths'"]),
+    ("repository: r\nverify: x\ntest_paths: [../outside/]\nverify_timeout: soon\n", ["field 'verify_timeout'"]),
+    ("repositry: x\n", ["field 'repositry': is not a project setting"]),
+    ("repositry: x\n", ["field 'repository': is required"]),
+    ("repository: ${{NO_SUCH_VARIABLE_X}}/r\n", ["uses ${NO_SUCH_VARIABLE_X}, which is not set"]),
+    ("repository: {repo}\nexecutor: nope\nverify: x\n", ["project.yml: field 'executor': 'nope' is not defined"]),
+    ("repository: {repo}\n", ["field 'verify': is missing"]),  # and no project default
+]
+
+
+@pytest.mark.parametrize(("config", "problem"), PROJECT_YML)
+def test_project_yml_problems_name_the_field(projects, config, problem):
+    projects.project(config=config.format(repo=projects.repo, root=projects.root), **{"S01.md": spec_text("S01")})
+    found = texts(validate(projects))
+    assert any(all(f in t for f in problem) for t in found), found
 
 
 def test_remote_repositories_skip_the_tree_check_and_say_so(projects):
@@ -129,32 +156,6 @@ def test_remote_repositories_skip_the_tree_check_and_say_so(projects):
                      **{"S01.md": spec_text("S01", modifies=["anything/at/all.py"])})
     report = validate(projects)
     assert report.ok and "not checked" in report.notes[0]
-
-
-def test_bundle_transport_needs_a_local_repository(projects):
-    projects.project(config="repository: https://git.example.invalid/demo.git\nverify: x\n",
-                     **{"S01.md": spec_text("S01")})
-    found = texts(validate(projects))
-    assert any("field 'transport'" in t and "needs a local repository" in t for t in found)
-
-
-def test_bad_test_paths_and_verify_timeout_name_the_field(projects):
-    projects.project(config="repository: r\nverify: x\ntest_paths: [../outside/]\nverify_timeout: soon\n",
-                     **{"S01.md": spec_text("S01")})
-    found = texts(validate(projects))
-    assert any("field 'test_paths'" in t for t in found)
-    assert any("field 'verify_timeout'" in t for t in found)
-
-
-def test_project_yml_errors(projects):
-    projects.project(config="repositry: x\n")
-    found = texts(validate(projects))
-    assert any("field 'repositry': is not a project setting" in t for t in found)
-    assert any("field 'repository': is required" in t for t in found)
-    projects.project(config="repository: ${NO_SUCH_VARIABLE_X}/r\n")
-    assert any("uses ${NO_SUCH_VARIABLE_X}, which is not set" in t for t in texts(validate(projects)))
-    projects.project(config=f"repository: {projects.repo}\nexecutor: nope\nverify: x\n")
-    assert any("project.yml: field 'executor': 'nope' is not defined" in t for t in texts(validate(projects)))
 
 
 def test_repository_expands_specfleet_home(projects, monkeypatch):
@@ -165,22 +166,21 @@ def test_repository_expands_specfleet_home(projects, monkeypatch):
     assert report.config.repository == str(projects.repo)
 
 
-def test_missing_verify_without_project_default(projects):
-    projects.project(config=f"repository: {projects.repo}\n", **{"S01.md": spec_text("S01")})
-    assert any("field 'verify': is missing" in t for t in texts(validate(projects)))
-
-
 def test_no_executor_anywhere(projects):
     projects.project(**{"S01.md": spec_text("S01")})
     assert any("field 'executor': is not set" in t for t in texts(validate(projects, default_executor=None)))
 
 
-def test_unknown_project_and_hostile_project_names(projects):
+def test_an_unknown_project_suggests_the_closest(projects):
     projects.project("demo")
     report = validate(projects, "dmeo")
     assert "specs/dmeo: is not a directory (did you mean 'demo'?)" in texts(report)[0]
-    for hostile in ("../etc", "a;b", "x\ny", ""):
-        assert "not a valid project name" in texts(validate(projects, hostile))[0]
+
+
+@pytest.mark.parametrize("hostile", ["../etc", "a;b", "x\ny", ""])
+def test_hostile_project_names_are_refused(projects, hostile):
+    projects.project("demo")
+    assert "not a valid project name" in texts(validate(projects, hostile))[0]
 
 
 def test_hostile_file_names_are_shown_escaped(projects):
