@@ -22,7 +22,6 @@ from specfleet.attempt import lifecycle as attempts
 from specfleet.attempt import workspace
 from specfleet.dispatch import jobs
 from specfleet.model.ending import Ending
-from specfleet.node import DIR as node_dir
 from specfleet.store.core import StoreError
 
 FINALIZE = '{python} ./runner.py finalize "$PWD" "$rc" >> runner-finalize.log 2>&1; rm -f secrets.json'
@@ -99,8 +98,7 @@ class ActionModule(SpecfleetAction):
                                       self._shell, self._transfer_file)
             except workspace.GitError as exc:
                 return dict(result, **Ending.INFRASTRUCTURE.result(msg=str(exc)))
-        core = node_dir
-        files = {name: (core / name).read_bytes() for name in attempts.RUNNER_FILES}
+        files = {attempts.RUNNER_ARCHIVE: attempts.runner_archive()}
         prepared.job["heartbeat_s"] = max(1, args["heartbeat"])
         files["job.json"] = json.dumps(prepared.job, indent=1).encode()
         files["prompt.md"] = prepared.prompt.encode()
@@ -111,7 +109,9 @@ class ActionModule(SpecfleetAction):
         for name, data in files.items():
             self._transfer_data(f"{on_node}/{name}", data)
         python = _python(args["python"])
-        command = f'exec {python} "$SPECFLEET_RUN_DIR/runner.py" run "$SPECFLEET_RUN_DIR"'
+        command = (f'tar -xf "$SPECFLEET_RUN_DIR/{attempts.RUNNER_ARCHIVE}" -C "$SPECFLEET_RUN_DIR" --no-same-owner'
+                   f' && rm -f "$SPECFLEET_RUN_DIR/{attempts.RUNNER_ARCHIVE}"'
+                   f' && exec {python} "$SPECFLEET_RUN_DIR/runner.py" run "$SPECFLEET_RUN_DIR"')
         script = jobs.launch_script(run, prepared.job["workspace"], command, {}, args["timeout"],
                                     on_exit=FINALIZE.format(python=python))
         answer = self._shell(script)

@@ -173,17 +173,10 @@ def _record(db: str | None, project: str, task_id: str, attempt: int, folder: Pa
         if not outcome["ok"] and not outcome.get("infrastructure"):  # the node's fault teaches the spec nothing
             store.add_lesson(project, task_id, attempt, "failure", _lesson(outcome["msg"], rounds))
         if leftover:
-            attempt_id = _attempt_id(store, project, task_id, attempt)
+            attempt_id = store.attempt_id(project, task_id, attempt)
             state = LeaseBook(store).collect_leftover(attempt_id, outcome["ok"], None if outcome["ok"] else
                                                       outcome["msg"]) if attempt_id is not None else None
             outcome["state"] = state.value if state else "unchanged: a dispatch run adopted it meanwhile"
-
-
-def _attempt_id(store: Store, project: str, task_id: str, attempt: int) -> int | None:
-    # The store has no query for this yet (to move there as Store.attempt_id).
-    row = store.db.execute("SELECT id FROM attempts WHERE project = ? AND task_id = ? AND number = ?",
-                           (project, task_id, attempt)).fetchone()
-    return row["id"] if row else None
 
 
 def _lesson(message: str, rounds: list[dict]) -> str:

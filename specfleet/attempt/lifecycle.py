@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from specfleet.attempt.collect import ARTIFACT_NAMES, ARTIFACT_PATTERNS, collect, judge_status, scrub, unpack
 from specfleet.attempt.config import AttemptError, load_config
-from specfleet.attempt.prepare import LESSONS_IN_PROMPT, RUNNER_FILES, Prepared, prepare
+from specfleet.attempt.prepare import LESSONS_IN_PROMPT, RUNNER_ARCHIVE, RUNNER_FILES, Prepared, prepare, runner_archive
 
-__all__ = ["ARTIFACT_NAMES", "ARTIFACT_PATTERNS", "LESSONS_IN_PROMPT", "RUNNER_FILES", "AttemptError", "Prepared",
-           "collect", "judge_status", "load_config", "prepare", "scrub", "unpack"]
+__all__ = ["ARTIFACT_NAMES", "ARTIFACT_PATTERNS", "LESSONS_IN_PROMPT", "RUNNER_ARCHIVE", "RUNNER_FILES", "AttemptError",
+           "Prepared", "runner_archive", "collect", "judge_status", "load_config", "prepare", "scrub", "unpack"]

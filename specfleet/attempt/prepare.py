@@ -9,6 +9,8 @@ No Ansible here: the ``specfleet_attempt`` action plugin does the SSH.
 """
 from __future__ import annotations
 
+import io
+import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,11 +26,30 @@ from specfleet.dispatch import jobs
 from specfleet.model.durations import parse_duration
 from specfleet.model.project import ProjectConfig
 from specfleet.model.spec import parse_sections
+from specfleet.node import DIR as NODE_DIR
 from specfleet.node.runfiles import FILES
 from specfleet.ops.controller import REPO_ROOT, resolve_db
 from specfleet.store.core import Store
 
 RUNNER_FILES = FILES   # what the action plugin ships to the node with each attempt
+RUNNER_ARCHIVE = "runner.tar"
+
+
+def runner_archive() -> bytes:
+    """:data:`RUNNER_FILES` as one uncompressed tar: one transfer per attempt, however many files.
+
+    The launch command unpacks it in the run directory (``tar`` is in every Debian base
+    system). Members are plain files named without a folder, mode 0644, owned by nobody in
+    particular (unpacked with ``--no-same-owner``).
+    """
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        for name in RUNNER_FILES:
+            data = (NODE_DIR / name).read_bytes()
+            member = tarfile.TarInfo(name)
+            member.size, member.mode, member.mtime = len(data), 0o644, int((NODE_DIR / name).stat().st_mtime)
+            archive.addfile(member, io.BytesIO(data))
+    return buffer.getvalue()
 LESSONS_IN_PROMPT = 20
 
 

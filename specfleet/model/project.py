@@ -69,62 +69,93 @@ class ProjectConfig:
 
 def load_project(folder: Path, name: str, display: str,
                  env: dict[str, str] | None = None) -> tuple[ProjectConfig | None, list[Problem]]:
-    """Read and check ``project.yml`` in ``folder``; ``display`` is its path for messages."""
+    """Read and check ``project.yml`` in ``folder``; ``display`` is its path for messages.
+
+    The checks run in order and stop at the first group that fails: the file is readable
+    YAML; unknown keys (reported, then dropped) and the schema; the repository and branch
+    names; then the values the schema cannot judge (paths, durations, transport).
+    """
     path = folder / "project.yml"
     if not path.is_file():
         return None, [Problem(display, None, None, "is missing",
                               "create it with at least 'repository: <path or URL of the git repository>'")]
     try:
-        text = path.read_text(encoding="utf-8")
-        data, key_lines = frontmatter.load_yaml_mapping(text)
+        data, key_lines = frontmatter.load_yaml_mapping(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
         return None, [Problem(display, None, None, "is not UTF-8 text")]
     except frontmatter.FrontMatterError as exc:
         return None, [Problem(display, exc.line, exc.key, str(exc))]
-    schema = load_schema("project")
-    problems = []
-    for key in [k for k in data if k not in schema["properties"]]:
-        problems.append(Problem(display, key_lines.get(str(key)), str(key), "is not a project setting",
-                                "known settings: " + ", ".join(sorted(schema["properties"]))))
-        del data[key]
-    invalid = schema_problems(schema, data, display, key_lines.get)
+    problems = _unknown_settings(data, key_lines, display)
+    invalid = schema_problems(load_schema("project"), data, display, key_lines.get)
     if invalid:
         return None, problems + invalid
+    repository, invalid = _repository(data, key_lines, display, folder, env)
+    if invalid:
+        return None, invalid
+    invalid = _values(data, key_lines, display, repository)
+    if invalid:
+        return None, problems + invalid
+    return _config(name, folder, repository, data), problems
+
+
+def _unknown_settings(data: dict, key_lines: dict, display: str) -> list[Problem]:
+    """One problem per key the schema does not know; the key is dropped from ``data``."""
+    known = load_schema("project")["properties"]
+    problems = []
+    for key in [k for k in data if k not in known]:
+        problems.append(Problem(display, key_lines.get(str(key)), str(key), "is not a project setting",
+                                "known settings: " + ", ".join(sorted(known))))
+        del data[key]
+    return problems
+
+
+def _repository(data: dict, key_lines: dict, display: str, folder: Path,
+                env: dict[str, str] | None) -> tuple[str, list[Problem]]:
+    """The repository as a URL or an absolute path, after the checks of it and of the branch names."""
     repository = data["repository"]
     if any(ord(c) < 32 for c in repository) or repository.startswith("-"):
-        return None, [Problem(display, key_lines.get("repository"), "repository",
-                              "contains control characters or starts with '-'")]
+        return repository, [Problem(display, key_lines.get("repository"), "repository",
+                                    "contains control characters or starts with '-'")]
     # The schema's patterns end in '$', which Python's re also lets match before a final line break.
     for key in ("base_branch", "push"):
         if any(ord(c) < 32 for c in str(data.get(key, ""))):
-            return None, [Problem(display, key_lines.get(key), key, "contains a line break or control character",
-                                  "write the name alone, e.g. main")]
-    if not _REMOTE.match(repository):
-        try:
-            repository = expand_path(repository, env)
-        except ValueError as exc:
-            return None, [Problem(display, key_lines.get("repository"), "repository", str(exc),
-                                  "export the variable or write the path out")]
-        if not os.path.isabs(repository):
-            repository = str((folder / repository).resolve())
-    extra = []
+            return repository, [Problem(display, key_lines.get(key), key, "contains a line break or control character",
+                                        "write the name alone, e.g. main")]
+    if _REMOTE.match(repository):
+        return repository, []
+    try:
+        repository = expand_path(repository, env)
+    except ValueError as exc:
+        return repository, [Problem(display, key_lines.get("repository"), "repository", str(exc),
+                                    "export the variable or write the path out")]
+    if not os.path.isabs(repository):
+        repository = str((folder / repository).resolve())
+    return repository, []
+
+
+def _values(data: dict, key_lines: dict, display: str, repository: str) -> list[Problem]:
+    """What the schema cannot judge: test paths, durations, and a transport that fits the repository."""
+    problems = []
     for raw in data.get("test_paths", []):
         try:
             normalise_modifies(raw)
         except ValueError as exc:
-            extra.append(Problem(display, key_lines.get("test_paths"), "test_paths", f"entry {raw!r} {exc}"))
+            problems.append(Problem(display, key_lines.get("test_paths"), "test_paths", f"entry {raw!r} {exc}"))
     for key, default in (("verify_timeout", "20m"), ("test_timeout", "30m")):
         try:
             parse_duration(data.get(key, default))
         except ValueError as exc:
-            extra.append(Problem(display, key_lines.get(key), key, str(exc)))
+            problems.append(Problem(display, key_lines.get(key), key, str(exc)))
     if data.get("transport", "bundle") == "bundle" and _REMOTE.match(repository):
-        extra.append(Problem(display, key_lines.get("transport"), "transport",
-                             "is bundle (the default), which needs a local repository, but repository is a URL",
-                             "set 'transport: remote' or point repository at a local clone"))
-    if extra:
-        return None, problems + extra
-    config = ProjectConfig(
+        problems.append(Problem(display, key_lines.get("transport"), "transport",
+                                "is bundle (the default), which needs a local repository, but repository is a URL",
+                                "set 'transport: remote' or point repository at a local clone"))
+    return problems
+
+
+def _config(name: str, folder: Path, repository: str, data: dict) -> ProjectConfig:
+    """The checked settings, with their defaults."""
+    return ProjectConfig(
         name=name, folder=folder, repository=repository,
         base_branch=data.get("base_branch", "main"), verify=data.get("verify"),
         test_command=data.get("test_command"), executor=data.get("executor"),
@@ -138,7 +169,6 @@ def load_project(folder: Path, name: str, display: str,
         promote=data.get("promote", "review"), push=data.get("push"), review=data.get("review", "off"),
         test_timeout=data.get("test_timeout", "30m"), network=data.get("network", False),
     )
-    return config, problems
 
 
 class RepositoryError(Exception):

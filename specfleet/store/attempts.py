@@ -101,6 +101,12 @@ class AttemptQueries:
             " ORDER BY project, task_id, executor, node, day", args)
         return [dict(r) for r in rows]
 
+    def attempt_id(self, project: str, task_id: str, number: int) -> int | None:
+        """The row id of ``task_id``'s attempt ``number``, or None when no run recorded it."""
+        row = self.db.execute("SELECT id FROM attempts WHERE project = ? AND task_id = ? AND number = ?",
+                              (project, task_id, number)).fetchone()
+        return row["id"] if row else None
+
     def attempts_per_spec(self, run_id: str) -> dict[str, int]:
         """How many attempts run ``run_id`` made of each spec."""
         return {r["task_id"]: r["n"] for r in self.db.execute(
