@@ -382,7 +382,8 @@ def test_an_agent_that_keeps_retrying_a_rate_limit_is_stopped_and_the_fallback_r
     tries = status["rounds"][0]["tries"]
     assert [t["executor"] for t in tries] == ["claude", "backup"], tries
     assert tries[0]["rate_limited"] and not tries[0]["timed_out"] and "429" in tries[0]["error"]
-    assert status["state"] == "succeeded" and status["executor"] == "backup", (status.get("error"), status["rounds"][0].get("problems"))
+    assert status["state"] == "succeeded" and status["executor"] == "backup", \
+        (status.get("error"), status["rounds"][0].get("problems"))
 
 
 def test_the_attempt_time_limit_bounds_each_run(tmp_path, repo):
