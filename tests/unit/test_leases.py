@@ -362,16 +362,3 @@ def test_rescue_requeues_failed_and_blocked_specs_with_fresh_attempts_and_never_
     assert store.rescue("demo") == {"requeued": [], "skipped": {}}
 
 
-def test_a_leftover_is_adopted_although_a_spec_waiting_for_its_lock_comes_first(projects, store):
-    """Regression (controller-kill test): S2 came first, waited for the leftover S1's lock and
-    reserved its paths; S1 then waited behind S2 until its own lock expired (~210 s)."""
-    feed(projects, store, **{
-        "S1.md": spec_text("S1", priority=3, modifies=["src/app.py"]),
-        "S2.md": spec_text("S2", priority=0, modifies=["src/"]),
-    })
-    killed = book(store)
-    assert [g.task_id for g in killed.grant("demo", [NodeInfo("n", 2)], only={"S1"}).granted] == ["S1"]
-    killed.close_run("interrupted")  # S1's job lives on: a leftover holding src/app.py
-    result = book(store).grant("demo", [NodeInfo("n", 2)])
-    assert [(g.task_id, g.adopted) for g in result.granted] == [("S1", True)]
-    assert result.waiting["S2"] == "lock on src/app.py held by S1 (demo)"
