@@ -48,6 +48,7 @@ from specfleet.dispatch.policy import NodeInfo
 from specfleet.dispatch.run import Dispatcher, Step
 from specfleet.dispatch.watch import local_argv
 from specfleet.model.ending import Ending
+from specfleet.model.states import RunKind
 from specfleet.store.core import Store, StoreError
 
 display = Display()
@@ -141,13 +142,14 @@ class DagStrategyMixin:
         nodes, unreachable = self._nodes()
         self._by_task = {h.vars["specfleet_task_id"]: h for h in hosts.values()}
         first_vars = self._vars(first)
-        plain = bool(first_vars.get("specfleet_job_command"))  # plain jobs: no branch to merge
         try:
             self._watchers.enabled = boolean(first_vars.get("specfleet_node_watch", True), strict=True)
         except TypeError as exc:
             raise AnsibleError(f"specfleet_node_watch: {exc}") from exc
-        engine = Dispatcher(Store(fixed["specfleet_db"]), fixed["specfleet_project"], self._by_task, nodes,
-                            run_id=fixed["specfleet_run_id"], merge=not plain)
+        store = Store(fixed["specfleet_db"])
+        kind = store.run_kind(fixed["specfleet_run_id"]) or RunKind.AGENTS   # recorded by the feed
+        engine = Dispatcher(store, fixed["specfleet_project"], self._by_task, nodes,
+                            run_id=fixed["specfleet_run_id"], merge=kind.lands)
         try:
             engine.open(unreachable, owner_pid=os.getpid())
         except StoreError as exc:

@@ -85,6 +85,22 @@ db:
   description: The state database used.
   returned: always
   type: str
+run_id:
+  description: The dispatch run's id (opened in the store when O(open_run) is true).
+  returned: when the project is valid
+  type: str
+run_kind:
+  description:
+    - What the run's specs run, decided here once from C(specfleet_job_command) and recorded with
+      the run; the strategy and the run's report read it from the store.
+  returned: when the project is valid
+  type: str
+  choices: [agents, jobs]
+runnable:
+  description: The queued specs this run may start, in order (an empty list in check mode).
+  returned: when the project is valid
+  type: list
+  elements: dict
 ok:
   description: Whether the project was valid.
   returned: always

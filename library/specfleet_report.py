@@ -31,9 +31,9 @@ options:
     description:
       - The state every spec must reach for the run to count as complete.
       - C(merged); C(completed) for plain jobs, which have no branch.
+      - Default what the run's kind, recorded by M(specfleet_feed), says; C(merged) without one.
     type: str
     choices: [merged, completed]
-    default: merged
   db:
     description: As for M(specfleet_feed).
     type: path

@@ -7,6 +7,7 @@ import multiprocessing
 import os
 
 from ansible_specfleet.action import ControllerAction
+from specfleet.model.states import RunKind
 from specfleet.ops import controller
 
 
@@ -21,7 +22,9 @@ class ActionModule(ControllerAction):
         result.update(report.as_dict(), db=db, summary=report.summary())
         if fed is None:
             return dict(result, failed=True, changed=False, msg=report.summary())
-        result.update(changed=fed.changed, feed=fed.as_dict(), run_id=controller.new_run_id())
+        # Agents or plain jobs: decided here, once, and recorded with the run.
+        kind = RunKind.of(task_vars.get("specfleet_job_command"))
+        result.update(changed=fed.changed, feed=fed.as_dict(), run_id=controller.new_run_id(), run_kind=kind.value)
         if self._task.check_mode:  # nothing was queued and no run is opened
             result["runnable"] = []
             return result
@@ -32,6 +35,6 @@ class ActionModule(ControllerAction):
             # killed controller has pid 1 as its parent, which never dies.
             parent = multiprocessing.parent_process()
             owner = parent.pid if parent is not None and parent.pid else os.getppid()
-            result["run_id"] = controller.open_dispatch(db, args["project"], owner_pid=owner)
+            result["run_id"] = controller.open_dispatch(db, args["project"], owner_pid=owner, work=kind)
         result["runnable"] = controller.plan(db, args["project"], reclaim=not args["open_run"])
         return result

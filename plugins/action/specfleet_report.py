@@ -10,7 +10,7 @@ from specfleet.ops import controller
 class ActionModule(ControllerAction):
 
     def act(self, result, args, task_vars, db):
-        report = controller.run_report(db, args["project"], args["run_id"], args["task_ids"], args["done"])
+        report = controller.run_report(db, args["project"], args["run_id"], args["task_ids"], args.get("done"))
         if args["run_id"]:  # already closed by the dispatch play, unless it had no spec to run
             controller.close_run(db, args["run_id"], "ok" if report["complete"] else "failed")
         result.update(summary=report["summary"], by_state=report["by_state"], attempts=report["attempts"],

@@ -99,7 +99,6 @@ requirements:
 author: specfleet contributors
 """
 
-FEED_ACTIONS = ("specfleet_feed", "ansible.legacy.specfleet_feed")
 STRATEGY = "specfleet_dag"
 POLL_S = 0.25  # how often the store is read for new state changes while the dispatch play runs
 
@@ -270,7 +269,7 @@ class CallbackModule(DefaultCallbackModule):
         fed = self._fed
         if not fed or not fed["task_ids"] or not Path(fed["db"]).is_file():
             return  # nothing to follow: the play prints as the default does
-        tracker = Tracker(fed["db"], fed["project"], fed["run_id"], fed["task_ids"], plain=self._plain_from_extra_vars())
+        tracker = Tracker(fed["db"], fed["project"], fed["run_id"], fed["task_ids"], plain=fed["run_kind"] == "jobs")
         try:
             tracker.open()
         except sqlite3.Error as exc:
@@ -289,43 +288,30 @@ class CallbackModule(DefaultCallbackModule):
         if live is not None:
             live.stop()
 
-    @staticmethod
-    def _plain_from_extra_vars() -> bool:
-        """A first guess before any spec task reports: plain jobs given with -e."""
-        try:
-            from ansible.parsing.dataloader import DataLoader
-            from ansible.utils.vars import load_extra_vars
-            return bool(load_extra_vars(DataLoader()).get("specfleet_job_command"))
-        except Exception:  # a guess only; the first spec result settles it
-            return False
-
     # -- results --------------------------------------------------------------------------
 
     def _remember_feed(self, result) -> None:
-        if result.task.action not in FEED_ACTIONS:
-            return
         data = result.result
+        if not isinstance(data, dict) or "run_kind" not in data or "runnable" not in data:
+            return  # only specfleet_feed's result says what a run will dispatch
         runnable = data.get("runnable") or []
         project = (data.get("feed") or {}).get("project") or result.task.args.get("project")
         if data.get("db") and data.get("run_id") and project:
             self._fed = {"db": str(data["db"]), "run_id": str(data["run_id"]), "project": str(project),
+                         "run_kind": str(data["run_kind"]),
                          "task_ids": [str(item["task_id"]) for item in runnable if isinstance(item, dict)]}
 
     def _is_spec(self, result) -> bool:
         return self._live is not None and result.host.get_name() in self._spec_hosts
 
-    def _spec_result(self, result, ran: bool = False) -> None:
-        """A spec host's task ended: learn the job kind, show warnings, read the store now."""
-        if ran and result.task.args.get("state") == "started":  # the pipeline's first step that ran
-            action = str(result.task.action).rsplit(".", 1)[-1]
-            if action in ("specfleet_job", "specfleet_attempt"):
-                self._live.tracker.plain = action == "specfleet_job"
+    def _spec_result(self, result) -> None:
+        """A spec host's task ended: show warnings, read the store now."""
         self._handle_warnings(result.result)
         self._live.pump(wait=False)
 
     def v2_runner_on_ok(self, result):
         if self._is_spec(result):
-            return self._spec_result(result, ran=True)
+            return self._spec_result(result)
         self._remember_feed(result)
         return super().v2_runner_on_ok(result)
 

@@ -16,7 +16,7 @@ import socket
 import uuid
 from collections.abc import Iterable
 
-from specfleet.model.states import SpecState
+from specfleet.model.states import RunKind, SpecState
 from specfleet.store import base as store_base
 from specfleet.store.core import Store, StoreError
 
@@ -62,7 +62,7 @@ class RunLifecycle:
         return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
     def open_run(self, project: str | None, kind: str = "dispatch", owner_pid: int | None = None,
-                 exclusive: bool = True) -> str:
+                 exclusive: bool = True, work: RunKind | None = None) -> str:
         """Register this run, owned by process ``owner_pid`` (default: this process), or take
         over the live row of the same id.
 
@@ -90,7 +90,8 @@ class RunLifecycle:
                     raise RunConflict(f"run {self.run_id} already ended ({mine['status']}); start dispatch again")
                 self.store.renew_run(self.run_id, stamp)
                 return self.run_id
-            self.store.insert_run(self.run_id, project, kind, host, pid, process_started(pid), stamp)
+            self.store.insert_run(self.run_id, project, kind, host, pid, process_started(pid), stamp,
+                                  work.value if work else None)
         return self.run_id
 
     def close_run(self, status: str) -> None:

@@ -76,6 +76,42 @@ DEPENDENCY_MERGED = frozenset({S.MERGED})
 # Plain jobs (``specfleet_job_command``: scheduling tests, benchmarks) have no branch to
 # merge; for them a completed dependency is done. The daily report counts these as succeeded.
 DEPENDENCY_COMPLETED = frozenset({S.COMPLETED, S.VERIFIED, S.IN_REVIEW, S.MERGED})
+
+
+class RunKind(str, Enum):
+    """What a dispatch run's specs run, decided once at feed and recorded with the run.
+
+    ``agents``: the coding-agent pipeline, whose work is done when merged. ``jobs``: one plain
+    shell command per spec (``-e specfleet_job_command=...``: scheduling tests, benchmarks),
+    which has no branch to merge, so completed is done and nothing lands.
+    """
+
+    AGENTS = "agents"
+    JOBS = "jobs"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @classmethod
+    def of(cls, job_command: str | None) -> RunKind:
+        return cls.JOBS if job_command else cls.AGENTS
+
+    @property
+    def lands(self) -> bool:
+        """Its specs go through verify and the merge queue."""
+        return self is RunKind.AGENTS
+
+    @property
+    def done(self) -> SpecState:
+        """The state in which a spec of this run is done."""
+        return S.MERGED if self.lands else S.COMPLETED
+
+    @property
+    def dependency_done(self) -> frozenset[SpecState]:
+        """The states of a dependency that let its dependents start."""
+        return DEPENDENCY_MERGED if self.lands else DEPENDENCY_COMPLETED
+
+
 # A dependency in these states can never become done without a person (rescue).
 DEPENDENCY_DEAD = frozenset({S.FAILED, S.CANCELLED, S.BLOCKED})
 # The order states are listed in (status, reports): the lifecycle's.

@@ -14,7 +14,7 @@ from typing import Any
 
 from specfleet.dispatch.leases import LeaseBook
 from specfleet.model.settings import default_db_path
-from specfleet.model.states import SpecState
+from specfleet.model.states import RunKind, SpecState
 from specfleet.report import usage as spent
 from specfleet.store.core import FeedResult, Store
 from specfleet.validate.checks import ValidationReport, validate_project
@@ -105,13 +105,15 @@ def plan(db: str | None, project: str, ttl: float = 90.0, reclaim: bool = True) 
              "revision": r.revision} for r in rows]
 
 
-def open_dispatch(db: str | None, project: str, owner_pid: int | None = None) -> str:
+def open_dispatch(db: str | None, project: str, owner_pid: int | None = None, work: RunKind = RunKind.AGENTS) -> str:
     """Open a dispatch run of ``project`` owned by ``owner_pid``; refuse while another one lives.
 
-    Raises :class:`~.leases.RunConflict` (a ``StoreError``) naming the live run.
+    ``work`` (agents or plain jobs) is recorded with the run: the strategy and the run's
+    report read it from there. Raises :class:`~.leases.RunConflict` (a ``StoreError``)
+    naming the live run.
     """
     with Store(resolve_db(db)) as store:
-        return LeaseBook(store).open_run(project, owner_pid=owner_pid)
+        return LeaseBook(store).open_run(project, owner_pid=owner_pid, work=work)
 
 
 def close_run(db: str | None, run_id: str, status: str) -> None:
@@ -121,10 +123,11 @@ def close_run(db: str | None, run_id: str, status: str) -> None:
 
 
 def run_report(db: str | None, project: str, run_id: str | None, task_ids: Iterable[str],
-               done: str = SpecState.MERGED.value) -> dict[str, Any]:
+               done: str | None = None) -> dict[str, Any]:
     """Where the specs a dispatch run took on ended up, with reasons; ``complete`` if all are ``done``.
 
-    ``done`` is ``merged`` (the branch landed on integration) or, for plain jobs, ``completed``.
+    ``done`` is ``merged`` (the branch landed on integration) or, for plain jobs, ``completed``;
+    by default what the run's kind, recorded at feed, says (merged when none was recorded).
     ``usage``: tokens and cost of the run's collected attempts, in total, per executor and per
     spec (:mod:`specfleet.report.usage`), also written as lines after the summary.
     """
@@ -133,6 +136,7 @@ def run_report(db: str | None, project: str, run_id: str | None, task_ids: Itera
         rows = {r.task_id: r for r in store.specs(project)}
         attempts = {}
         used: list[dict] = []
+        done = done or (store.run_kind(run_id) or RunKind.AGENTS).done.value
         if run_id:
             attempts = store.attempts_per_spec(run_id)
             used = store.usage_rows(project, run_id=run_id)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from specfleet.model.states import RunKind
 from specfleet.store.base import event as _event
 
 
@@ -24,6 +25,11 @@ class RunQueries:
         row = self.db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
         return dict(row) if row else None
 
+    def run_kind(self, run_id: str | None) -> RunKind | None:
+        """What run ``run_id``'s specs run, as its feed recorded it (None: not recorded)."""
+        row = self.db.execute("SELECT work FROM runs WHERE id = ?", (run_id,)).fetchone() if run_id else None
+        return RunKind(row["work"]) if row and row["work"] else None
+
     def open_runs_other_than(self, run_id: str) -> list[dict]:
         """Every run not ended, except ``run_id``: its heartbeat and owner, to tell whether it lives."""
         return [dict(r) for r in self.db.execute("SELECT id, heartbeat_at, owner_host, owner_pid, owner_started FROM"
@@ -36,11 +42,11 @@ class RunQueries:
                                                  (project,))]
 
     def insert_run(self, run_id: str, project: str | None, kind: str, host: str, pid: int, started: str | None,
-                   stamp: float) -> None:
+                   stamp: float, work: str | None = None) -> None:
         with self.transaction() as db:
             db.execute("INSERT INTO runs (id, project, kind, owner, started_at, heartbeat_at, owner_host, owner_pid,"
-                       " owner_started) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                       (run_id, project, kind, f"{host}:{pid}", stamp, stamp, host, pid, started))
+                       " owner_started, work) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       (run_id, project, kind, f"{host}:{pid}", stamp, stamp, host, pid, started, work))
             _event(db, "run_started", project, run_id=run_id, detail={"kind": kind, "owner": f"{host}:{pid}"})
 
     def renew_run(self, run_id: str, stamp: float, ttl: float | None = None) -> None:

@@ -245,6 +245,9 @@ ALTER TABLE attempts ADD COLUMN output_tokens INTEGER;
 ALTER TABLE attempts ADD COLUMN cost_usd REAL;
 ALTER TABLE attempts ADD COLUMN tries_json TEXT;
 """),
+    (10, "what a dispatch run's specs run (agents or plain jobs), recorded once at feed", """
+ALTER TABLE runs ADD COLUMN work TEXT;
+"""),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from specfleet.dispatch.leases import LeaseBook, RunConflict
 from specfleet.dispatch.policy import NodeInfo, choose_node, ready_and_doomed
-from specfleet.model.states import DEPENDENCY_COMPLETED, SpecState
+from specfleet.model.states import DEPENDENCY_COMPLETED, RunKind, SpecState
 from specfleet.node.paths import paths_overlap
 from specfleet.store.core import Store, StoreError
 from specfleet.validate.checks import validate_project
@@ -362,3 +362,12 @@ def test_rescue_requeues_failed_and_blocked_specs_with_fresh_attempts_and_never_
     assert store.rescue("demo") == {"requeued": [], "skipped": {}}
 
 
+
+
+def test_the_run_kind_the_feed_decided_is_recorded_with_the_run(store):
+    jobs = LeaseBook(store)
+    jobs.open_run("demo", work=RunKind.JOBS)
+    unrecorded = LeaseBook(store)
+    unrecorded.open_run("other")
+    assert store.run_kind(jobs.run_id) is RunKind.JOBS
+    assert store.run_kind(unrecorded.run_id) is None and store.run_kind(None) is None

@@ -5,7 +5,15 @@ import itertools
 
 import pytest
 
-from specfleet.model.states import NEEDS_REASON, TERMINAL, TRANSITIONS, InvalidTransition, SpecState, check_transition
+from specfleet.model.states import (
+    NEEDS_REASON,
+    TERMINAL,
+    TRANSITIONS,
+    InvalidTransition,
+    RunKind,
+    SpecState,
+    check_transition,
+)
 
 ALLOWED = [(a, b) for a, targets in TRANSITIONS.items() for b in sorted(targets)]
 FORBIDDEN = [(a, b) for a, b in itertools.product(SpecState, SpecState) if b not in TRANSITIONS[a]]
@@ -89,3 +97,14 @@ def test_the_table_is_closed_and_forbids_most_pairs():
 def test_unknown_state_names_are_errors():
     with pytest.raises(ValueError):
         check_transition("queued", "done")
+
+
+@pytest.mark.parametrize(("job_command", "kind", "done", "lands"), [
+    (None, RunKind.AGENTS, SpecState.MERGED, True),
+    ("", RunKind.AGENTS, SpecState.MERGED, True),
+    ("sleep 1", RunKind.JOBS, SpecState.COMPLETED, False),
+])
+def test_a_run_kind_is_decided_by_the_job_command_and_says_when_a_spec_is_done(job_command, kind, done, lands):
+    found = RunKind.of(job_command)
+    assert (found, found.done, found.lands) == (kind, done, lands)
+    assert done in found.dependency_done
