@@ -146,7 +146,7 @@ class LandingAction(ControllerAction):
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         from specfleet.attempt.workspace import GitError
-        from specfleet.land.landing import LandingError
+        from specfleet.land.repository import LandingError
         cls.ERRORS = (StoreError, LandingError, GitError)
 
     def project_config(self, args: dict, task_vars: dict):

@@ -15,7 +15,7 @@ from ansible.errors import AnsibleConnectionFailure
 from ansible_specfleet.action import ControllerAction
 from specfleet.dispatch import inventory, jobs
 from specfleet.node import DIR as node_dir
-from specfleet.node.runner import runner_version
+from specfleet.node.runfiles import runner_version
 from specfleet.ops import health
 from specfleet.store.core import Store, StoreError
 

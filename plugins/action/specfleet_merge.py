@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 from ansible_specfleet.action import LandingAction
-from specfleet.land import landing
+from specfleet.attempt.workspace import integration_branch
+from specfleet.land.queue import MergeQueue, merge_queue
 from specfleet.store.core import Store
 
 
@@ -15,13 +16,13 @@ class ActionModule(LandingAction):
         where = self.where(task_vars, config.name)
         with Store(db) as store:
             if self._task.check_mode:
-                ready, waiting = landing.MergeQueue(store, config).candidates()
+                ready, waiting = MergeQueue(store, config).candidates()
                 return dict(result, changed=False, ready=ready, waiting=waiting,
                             msg=f"check mode: {len(ready)} branches would enter the merge queue")
-            done = landing.merge_queue(store, config, run_id=args["run_id"], where=where)
+            done = merge_queue(store, config, run_id=args["run_id"], where=where)
             mine = store.spec(config.name, args["task_id"]) if args["task_id"] else None
         result.update(done.as_dict(), changed=bool(done.merged or done.resumed or done.conflicts or done.broken))
-        lines = [f"{config.name}: {len(done.merged)} merged into {landing.integration_branch(config.name)} in "
+        lines = [f"{config.name}: {len(done.merged)} merged into {integration_branch(config.name)} in "
                  f"{done.batches} batches with {done.test_runs} test runs"
                  + (f"; integration at {done.tip[:12]}" if done.tip else "")]
         lines += [f"{t}: conflict in {', '.join(f)}; queued again with the conflict as feedback"

@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 from ansible_specfleet.action import LandingAction
-from specfleet.land import landing
+from specfleet.attempt.workspace import integration_branch
+from specfleet.land.reject import reject
+from specfleet.land.review import pending_review, promote
 from specfleet.store.core import Store
 
 
@@ -19,17 +21,17 @@ class ActionModule(LandingAction):
         with Store(db) as store:
             lines = []
             if args["reject"] and not self._task.check_mode:
-                done = landing.reject(store, config, args["reject"], args["reason"], where=where)
+                done = reject(store, config, args["reject"], args["reason"], where=where)
                 result.update(changed=True, reverted=done["reverted"])
                 lines.append(done["msg"])
             if args["approve"] and not self._task.check_mode:
                 wanted = None if args["approve"] in (["all"], ["*"]) else args["approve"]
-                done = landing.promote(store, config, wanted)
+                done = promote(store, config, wanted)
                 result.update(changed=bool(done["promoted"]), promoted=done["promoted"], commit=done["commit"])
                 lines.append(done["msg"])
-            queue = landing.pending_review(store, config)
+            queue = pending_review(store, config)
         result["queue"] = queue
-        header = f"{config.name}: {len(queue)} merged on {landing.integration_branch(config.name)}, not on {config.base_branch}"
+        header = f"{config.name}: {len(queue)} merged on {integration_branch(config.name)}, not on {config.base_branch}"
         lines.append(header)
         lines += [f"{e['task_id']}: {e['diffstat'] or 'no diff'} | verify: {e['verify']} | review: {e['review']} | "
                   f"attempts {e['attempts']} | {e['hours']} h to merge" for e in queue]

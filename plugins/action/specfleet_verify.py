@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from ansible_specfleet.action import LandingAction, chat_endpoint
-from specfleet.land import landing
+from specfleet.land.verify import verify
 from specfleet.model.states import SpecState
 from specfleet.store.core import Store
 
@@ -27,7 +27,7 @@ class ActionModule(LandingAction):
             names = args["tasks"] or [r.task_id for r in store.specs(config.name, states=[SpecState.COMPLETED])]
             if self._task.check_mode:
                 return dict(result, changed=False, would_verify=names, msg=f"check mode: would verify {len(names)} specs")
-            verdicts = [landing.verify(store, config, name, run_id=args["run_id"], endpoint=endpoint,
+            verdicts = [verify(store, config, name, run_id=args["run_id"], endpoint=endpoint,
                                        where=where) for name in names]
         failed = [v for v in verdicts if not v.ok]
         result.update(changed=bool(verdicts), verified=[v.task_id for v in verdicts if v.ok],

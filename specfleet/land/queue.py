@@ -34,7 +34,7 @@ from specfleet.model.graph import SpecGraph
 from specfleet.model.project import ProjectConfig
 from specfleet.model.settings import specfleet_home
 from specfleet.model.states import SpecState
-from specfleet.node.runner import tail
+from specfleet.node.runfiles import tail
 from specfleet.store.core import Store
 
 

@@ -48,7 +48,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from specfleet.node.runner import kill_group
+from specfleet.node.process import kill_group
 
 # What programs read from /etc to start: the loader, users, name service, time zone,
 # locale, certificates, alternatives. Nothing that holds a secret.

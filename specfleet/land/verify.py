@@ -22,7 +22,8 @@ from specfleet.land.where import OnController, Where
 from specfleet.model.durations import parse_duration
 from specfleet.model.project import ProjectConfig
 from specfleet.model.states import SpecState
-from specfleet.node.runner import added_lines, parse_name_status, run_gates, tail
+from specfleet.node.gates import added_lines, parse_name_status, run_gates
+from specfleet.node.runfiles import tail
 from specfleet.store.core import SpecRow, Store
 
 OUTPUT_TAIL = 4000

@@ -22,7 +22,7 @@ def write_report(db: str | Path, project: str, day: str | None = None, report_di
     day, both paths, the headline figures and the lines to show.
     """
     from specfleet.model.settings import specfleet_home
-    from specfleet.node.runner import write_atomic
+    from specfleet.node.runfiles import write_atomic
 
     if not project or project in (".", "..") or Path(project).name != project:
         raise ReportError(f"project {project!r} is not a project name")

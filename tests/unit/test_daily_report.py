@@ -2,7 +2,7 @@
 
 The history is made with the same calls the dispatcher and the landing stages make
 (``LeaseBook.grant``/``finish``, ``Store.record_attempt``, ``Store.transition``,
-``landing.send_back``, a merge recorded the way the merge queue records it), on a clock
+``Store.send_back``, a merge recorded the way the merge queue records it), on a clock
 the test sets, so every number of the report can be worked out by hand below.
 """
 from __future__ import annotations
@@ -18,7 +18,6 @@ import pytest
 from specfleet.dispatch import leases as leases_module
 from specfleet.dispatch.leases import Grant, LeaseBook
 from specfleet.dispatch.policy import NodeInfo
-from specfleet.land import landing
 from specfleet.model.states import SpecState
 from specfleet.report import daily
 from specfleet.store import base as store_base
@@ -104,9 +103,9 @@ class History:
                        (self.clock.t, "p" * 40, self.project, task_id))
 
     def conflict(self, task_id: str, files: list[str]) -> str:
-        return landing.send_back(self.store, self.project, task_id,
-                                 f"merge conflict with specfleet/{self.project}/integration in {', '.join(files)}",
-                                 "start again from the integration tip", None, files)
+        return self.store.send_back(self.project, task_id,
+                                    f"merge conflict with specfleet/{self.project}/integration in {', '.join(files)}",
+                                    "start again from the integration tip", None, files)
 
 
 @pytest.fixture
