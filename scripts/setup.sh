@@ -54,7 +54,10 @@ fi
 .venv/bin/ansible-galaxy collection install -r requirements.yml >/dev/null
 # The core (specfleet/) and the Ansible glue (ansible_specfleet/) as an editable install: the
 # plugins, the `specfleet` command and the tests import them from this checkout.
-.venv/bin/python -m pip install -q --no-deps -e .
+# setuptools warns about every editable install; the output is shown only when it fails.
+log=$(mktemp)
+.venv/bin/python -m pip install -q --no-deps -e . >"$log" 2>&1 || { cat "$log" >&2; rm -f "$log"; exit 1; }
+rm -f "$log"
 # The pinned agent CLIs (inventory/shared/executors.yml), installed as bootstrap installs them
 # on a node: the local cluster's nodes are this machine. Only root may install them there.
 if [ "$(id -u)" -eq 0 ]; then
