@@ -27,7 +27,8 @@ from common import write_result
 from specfleet.land.queue import merge_queue
 from specfleet.model.project import load_project
 from specfleet.model.states import SpecState
-from specfleet.store.core import Store, now
+from specfleet.store.base import now
+from specfleet.store.core import Store
 from specfleet.validate.checks import validate_project
 
 GIT_ENV = dict(os.environ, GIT_AUTHOR_NAME="bench", GIT_AUTHOR_EMAIL="bench@x.invalid", GIT_COMMITTER_NAME="bench",

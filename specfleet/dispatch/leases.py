@@ -54,11 +54,9 @@ from specfleet.store.specs import SpecSummary
 DEFAULT_TTL = 90.0
 QUARANTINE_BASE = 30.0
 QUARANTINE_MAX = 600.0
-# Older tests patch this name; the code reads the one clock, store_base.now().
-now = store_base.now
 
 __all__ = ["DEFAULT_TTL", "LEFTOVER_MARGIN", "OCCUPYING", "QUARANTINE_BASE", "QUARANTINE_MAX", "Grant", "LeaseBook",
-           "Outcome", "PassResult", "RunConflict", "now", "owner_alive", "process_started"]
+           "Outcome", "PassResult", "RunConflict", "owner_alive", "process_started"]
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@
 
 Rules every writer follows:
 
-* Times are UTC epoch seconds (``REAL``), from :func:`now`.
+* Times are UTC epoch seconds (``REAL``), from :func:`specfleet.store.base.now`.
 * A spec's state changes only through :meth:`Store.transition`, which checks
   :data:`~.states.TRANSITIONS` and does a compare-and-set on ``(state, version)`` inside
   ``BEGIN IMMEDIATE``, so of two processes racing for the same change exactly one wins.
@@ -41,11 +41,10 @@ from specfleet.store.runs import RunQueries
 from specfleet.store.schema import MIGRATIONS, SCHEMA_VERSION, SchemaMigrations
 from specfleet.store.specs import FeedResult, SpecQueries, SpecRow
 
-# Other packages import these from here; the clock is base.now (patch that one).
-now = base.now
+# Other packages import these from here; the clock is store.base.now (patch that one).
 StoreError = base.StoreError
 StaleState = base.StaleState
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "FeedResult", "SpecRow", "StaleState", "Store", "StoreError", "now"]
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "FeedResult", "SpecRow", "StaleState", "Store", "StoreError"]
 
 
 class Store(SchemaMigrations, SpecQueries, AttemptQueries, RunQueries, NodeQueries, LeaseQueries, LandingQueries,
@@ -96,7 +95,6 @@ class Store(SchemaMigrations, SpecQueries, AttemptQueries, RunQueries, NodeQueri
             self.db.execute("ROLLBACK")
             raise
         self.db.execute("COMMIT")
-
 
     # -- events -----------------------------------------------------------------------------
 

@@ -24,10 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from specfleet.dispatch import leases as leases_module
 from specfleet.report import daily
 from specfleet.store import base as store_base
-from specfleet.store import core as store_module
 from specfleet.store.core import Store
 from tests.conftest import ProjectFactory
 from tests.integration.conftest import Controller, controller_env
@@ -60,9 +58,7 @@ def reported(tmp_path_factory: pytest.TempPathFactory):
     home = root / "home"
     clock = Clock()
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(store_module, "now", clock)
         patch.setattr(store_base, "now", clock)
-        patch.setattr(leases_module, "now", clock)
         with Store(home / "state.db") as store:
             run = good_day(ProjectFactory(root), store, clock, home / "artifacts" / "demo")
             run.at(at("11:00")).end("F")

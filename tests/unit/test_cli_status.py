@@ -11,13 +11,11 @@ from datetime import UTC, datetime
 import jsonschema
 import pytest
 
-from specfleet.dispatch import leases as leases_module
 from specfleet.dispatch.leases import LeaseBook
 from specfleet.dispatch.policy import NodeInfo
 from specfleet.ops import cli
 from specfleet.report import usage
 from specfleet.store import base as store_base
-from specfleet.store import core as store_module
 from specfleet.store.core import Store
 from tests.conftest import REPO_ROOT, spec_text
 from tests.unit.test_leases import feed
@@ -135,9 +133,7 @@ def spent_store(projects, tmp_path, monkeypatch):
     S3 depends on S1 and waits.
     """
     clock = {"t": DAY1 + 20 * 3600.0}
-    monkeypatch.setattr(store_module, "now", lambda: clock["t"])
     monkeypatch.setattr(store_base, "now", lambda: clock["t"])
-    monkeypatch.setattr(leases_module, "now", lambda: clock["t"])
     db = tmp_path / "state.db"
     with Store(db) as store:
         feed(projects, store, **{

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from specfleet.dispatch import leases as leases_module
 from specfleet.dispatch.leases import Grant, LeaseBook
 from specfleet.dispatch.policy import NodeInfo
 from specfleet.model.states import SpecState
@@ -111,9 +110,7 @@ class History:
 @pytest.fixture
 def clock(monkeypatch) -> Clock:
     ticking = Clock()
-    monkeypatch.setattr(store_module, "now", ticking)
     monkeypatch.setattr(store_base, "now", ticking)
-    monkeypatch.setattr(leases_module, "now", ticking)
     return ticking
 
 

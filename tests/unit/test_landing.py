@@ -19,7 +19,8 @@ from specfleet.land.verify import verify
 from specfleet.land.where import LandingPlace, OnController, landing_place
 from specfleet.model.project import load_project
 from specfleet.model.states import SpecState
-from specfleet.store.core import Store, now
+from specfleet.store.base import now
+from specfleet.store.core import Store
 from specfleet.validate.checks import validate_project
 from tests.chat_server import completion
 from tests.conftest import REPO_ROOT, git, make_repo, spec_text
